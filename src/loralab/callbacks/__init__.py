@@ -1,0 +1,17 @@
+"""Lightning callbacks: freezing, adapter checkpoints, merge validation, the run summary."""
+
+from loralab.callbacks.adapter_checkpoint import AdapterCheckpoint, find_checkpoint
+from loralab.callbacks.freeze import Freeze, build_manifest, verify_frozen
+from loralab.callbacks.merge_check import MergeCheck, compare_logits
+from loralab.callbacks.run_summary import RunSummary
+
+__all__ = [
+    "AdapterCheckpoint",
+    "Freeze",
+    "MergeCheck",
+    "RunSummary",
+    "build_manifest",
+    "compare_logits",
+    "find_checkpoint",
+    "verify_frozen",
+]

@@ -1,0 +1,153 @@
+"""After fit: merge the adapter into the base and prove the merged model gives the same logits,
+then save it with `save_pretrained`, load it back with plain transformers and compare again."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from loralab.errors import MergeCheckError
+from loralab.io import write_dir, write_json
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 5e-3}
+
+
+def compare_logits(ref: torch.Tensor, got: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
+    """Max absolute error, max error relative to the largest |logit|, and top-1 agreement,
+    over the positions where `mask` is 1 (all positions for classification logits)."""
+    ref, got = ref.float(), got.float()
+    if mask is not None and ref.dim() == 3:
+        keep = mask.bool()
+        ref, got = ref[keep], got[keep]
+    diff = (ref - got).abs()
+    max_abs = diff.max().item() if diff.numel() else 0.0
+    scale = ref.abs().max().item() if ref.numel() else 1.0
+    return {
+        "max_abs_err": max_abs,
+        "max_rel_err": max_abs / max(scale, 1e-12),
+        "top1_agreement": (ref.argmax(-1) == got.argmax(-1)).float().mean().item(),
+    }
+
+
+def _logits(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+
+
+class MergeCheck(pl.Callback):
+    """Fails the run (MergeCheckError) when merged logits differ beyond the dtype's tolerance."""
+
+    def __init__(
+        self,
+        run_dir: str,
+        merged_dir: str,
+        probe_examples: int = 8,
+        tolerance: dict[str, float] | None = None,
+        save_merged: bool = True,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.merged_dir = Path(merged_dir)
+        self.probe_examples = probe_examples
+        self.tolerance = {**DEFAULT_TOLERANCE, **(dict(tolerance) if tolerance else {})}
+        self.save_merged = save_merged
+        self.report: dict = {}
+
+    def merge(self, peft_model: torch.nn.Module) -> torch.nn.Module:
+        """A merged copy of the model: W0 + delta folded in, adapter layers removed."""
+        return copy.deepcopy(peft_model).merge_and_unload()
+
+    def probe_batch(self, trainer: pl.Trainer) -> dict:
+        """A fixed batch: the first `probe_examples` validation examples."""
+        batch = next(iter(trainer.datamodule.val_dataloader()))
+        return {k: v[: self.probe_examples] for k, v in batch.items()}
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        self.report = self.check(pl_module, self.probe_batch(trainer))
+        write_json(self.run_dir / "merge_report.json", self.report)
+        for logger in trainer.loggers:
+            logger.log_metrics(
+                {f"merge/{k}": float(v) for k, v in self.report["merged"].items()}, step=trainer.global_step
+            )
+        if not self.report["passed"]:
+            raise MergeCheckError(self.report["message"])
+
+    def check(self, pl_module: pl.LightningModule, batch: dict) -> dict:
+        """Run the comparisons and return the report (does not raise)."""
+        peft_model = pl_module.model
+        task = pl_module.adapter.task
+        was_training = peft_model.training
+        peft_model.eval()
+        device = next(peft_model.parameters()).device
+        batch = {k: v.to(device) for k, v in batch.items()}
+        dtype = str(next(peft_model.parameters()).dtype).replace("torch.", "")
+        tol = self.tolerance.get(dtype, self.tolerance["float32"])
+        mask = batch["attention_mask"]
+
+        ref = _logits(peft_model, batch)
+        with peft_model.disable_adapter():
+            base = _logits(peft_model, batch)
+        merged_model = self.merge(peft_model)
+        report: dict = {
+            "dtype": dtype,
+            "tolerance_rel": tol,
+            "probe_examples": int(batch["input_ids"].shape[0]),
+            # how far the adapter moves the logits: near zero means the check proves little
+            "adapter_effect": compare_logits(base, ref, mask),
+            "merged": compare_logits(ref, _logits(merged_model, batch), mask),
+        }
+        if self.save_merged:
+            def fill(tmp: Path) -> None:
+                merged_model.save_pretrained(tmp)
+                pl_module.tokenizer.save_pretrained(tmp)
+
+            write_dir(self.merged_dir, fill)
+            report["merged_dir"] = str(self.merged_dir)
+            reloaded = self._reload(task, dtype).to(device).eval()
+            report["reloaded"] = compare_logits(ref, _logits(reloaded, batch), mask)
+            del reloaded
+        del merged_model
+        if was_training:
+            peft_model.train()
+        failures = [
+            f"{stage}: max relative logit error {report[stage]['max_rel_err']:.3g} > {tol:g}"
+            for stage in ("merged", "reloaded")
+            if stage in report and report[stage]["max_rel_err"] > tol
+        ]
+        report["vacuous"] = report["adapter_effect"]["max_abs_err"] == 0.0
+        report["passed"] = not failures
+        report["message"] = (
+            "merge check passed"
+            if not failures
+            else "merge check failed (" + "; ".join(failures) + "): the merged model does not reproduce "
+            "the adapter model; see merge_report.json"
+        )
+        if report["vacuous"]:
+            log.warning("the adapter does not change the logits (B = 0?): the merge check proves nothing")
+        return report
+
+    def _reload(self, task: str, dtype: str) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        cls = AutoModelForSequenceClassification if task == "seq_cls" else AutoModelForCausalLM
+        return cls.from_pretrained(self.merged_dir, dtype=getattr(torch, dtype))
+
+    def summary_fields(self) -> dict:
+        """The merge result for summary.json."""
+        if not self.report:
+            return {}
+        return {
+            "merge_passed": self.report["passed"],
+            "merge_max_abs_err": self.report["merged"]["max_abs_err"],
+            "merge_max_rel_err": self.report["merged"]["max_rel_err"],
+            "reload_max_abs_err": self.report.get("reloaded", {}).get("max_abs_err"),
+            "merged_dir": self.report.get("merged_dir"),
+        }

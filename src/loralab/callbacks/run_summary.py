@@ -1,0 +1,66 @@
+"""summary.json: status, metrics before and after training, sizes, speed, memory, wall time."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+
+from loralab.reporting.summary import peak_memory, write_summary
+
+
+class RunSummary(pl.Callback):
+    """Collects what the run measured and writes summary.json at fit end or on failure.
+    Other callbacks contribute through their `summary_fields()`."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir = Path(run_dir)
+        self.started = time.time()
+        self.before: dict = {}
+        self.after: dict = {}
+        self.after_step: int | None = None
+        self.written = False
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if trainer.state.fn == "validate" and not self.after:
+            self.before = metrics
+        elif trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self.after = metrics
+            self.after_step = trainer.global_step
+
+    def collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule, status: str, error: str | None) -> dict:
+        """The summary as a dict."""
+        fields: dict = {}
+        for cb in trainer.callbacks:
+            if cb is not self and hasattr(cb, "summary_fields"):
+                fields.update(cb.summary_fields())
+        train_loss = trainer.callback_metrics.get("train/loss")
+        return {
+            "status": status,
+            "error": error,
+            "global_step": trainer.global_step,
+            "before": self.before,
+            "after": self.after,
+            "after_step": self.after_step,
+            "final_train_loss": None if train_loss is None else float(train_loss),
+            **fields,
+            "tokens_per_s": pl_module.tokens_seen / pl_module.train_seconds if pl_module.train_seconds else None,
+            "train_tokens": pl_module.tokens_seen,
+            "train_seconds": pl_module.train_seconds,
+            **peak_memory(),
+            "wall_time_s": time.time() - self.started,
+            "run_dir": str(self.run_dir),
+        }
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            write_summary(self.run_dir, self.collect(trainer, pl_module, "completed", None))
+            self.written = True
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if trainer.is_global_zero:
+            message = f"{type(exception).__name__}: {exception}"
+            write_summary(self.run_dir, self.collect(trainer, pl_module, "failed", message))
+            self.written = True

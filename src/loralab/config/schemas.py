@@ -1,0 +1,194 @@
+"""Dataclass schemas for the `variant` and `data` groups.
+
+Hydra checks key names and types against them while composing; `validate` then builds
+the dataclasses, whose `__post_init__` checks values. Both happen before any model loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from loralab.errors import ConfigError
+
+BIASES = ("none", "all", "lora_only")
+SOURCES = ("builtin", "local", "hub")
+FORMATS = ("prompt_completion", "chat", "classification")
+LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+@dataclass
+class LoraVariantConfig:
+    """Vanilla LoRA: rank, alpha, dropout, targets, bias and extra trainable modules."""
+
+    name: str = "lora"
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"
+    bias: str = "none"
+    modules_to_save: Any = None
+    init_lora_weights: Any = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
+            raise ConfigError(f"variant.r must be an integer >= 1, got {self.r!r}: set e.g. variant.r=8")
+        if not self.alpha > 0:
+            raise ConfigError(f"variant.alpha must be > 0, got {self.alpha!r}: set e.g. variant.alpha=16")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(
+                f"variant.dropout must be in [0, 1), got {self.dropout!r}: set e.g. variant.dropout=0.05"
+            )
+        if self.bias not in BIASES:
+            raise ConfigError(f"variant.bias must be one of {list(BIASES)}, got {self.bias!r}")
+        self.target_modules = _as_targets(self.target_modules, "variant.target_modules")
+        if self.modules_to_save is not None:
+            self.modules_to_save = _as_targets(self.modules_to_save, "variant.modules_to_save")
+            if isinstance(self.modules_to_save, str):
+                self.modules_to_save = [self.modules_to_save]
+        if self.init_lora_weights not in (True, False, "gaussian"):
+            raise ConfigError(
+                f"variant.init_lora_weights must be true, false or gaussian, got {self.init_lora_weights!r}"
+            )
+
+    @property
+    def scaling(self) -> float:
+        """The factor s in W0 + s·B·A."""
+        return self.alpha / self.r
+
+
+def _as_targets(value: Any, key: str) -> str | list[str]:
+    """A non-empty string (regex or all-linear) or a non-empty list of module names."""
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value)
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v for v in value):
+        return list(value)
+    raise ConfigError(
+        f"{key} must be a module name list, a regex or all-linear, got {value!r}: "
+        f"e.g. {key}=[q_proj,v_proj]"
+    )
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from, how it is formatted, and how it is batched."""
+
+    name: str = "dates"
+    source: str = "builtin"
+    builtin_task: Optional[str] = "dates"
+    format: str = "prompt_completion"
+    num_train: Optional[int] = 1000
+    num_val: Optional[int] = 200
+    seed: int = 1234
+    max_length: int = 128
+    train_batch_size: int = 8
+    eval_batch_size: int = 32
+    generation_examples: int = 64
+    max_new_tokens: int = 16
+    train_file: Optional[str] = None
+    val_file: Optional[str] = None
+    val_fraction: float = 0.1
+    hub_id: Optional[str] = None
+    hub_config: Optional[str] = None
+    train_split: str = "train"
+    val_split: Optional[str] = None
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
+    messages_column: str = "messages"
+    text_column: str = "text"
+    label_column: str = "label"
+    labels: Optional[List[str]] = None
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ConfigError(f"data.source must be one of {list(SOURCES)}, got {self.source!r}")
+        if self.format not in FORMATS:
+            raise ConfigError(f"data.format must be one of {list(FORMATS)}, got {self.format!r}")
+        for key in ("max_length", "train_batch_size", "eval_batch_size", "max_new_tokens"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"data.{key} must be >= 1, got {getattr(self, key)}")
+        if self.generation_examples < 0:
+            raise ConfigError(f"data.generation_examples must be >= 0, got {self.generation_examples}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.source == "builtin":
+            from loralab.data.builtin import BUILTIN_TASKS
+
+            if self.builtin_task not in BUILTIN_TASKS:
+                raise ConfigError(
+                    f"unknown built-in task {self.builtin_task!r}: "
+                    f"set data.builtin_task to one of {sorted(BUILTIN_TASKS)}"
+                )
+            for key in ("num_train", "num_val"):
+                if not getattr(self, key) or getattr(self, key) < 1:
+                    raise ConfigError(f"data.{key} must be >= 1 for a built-in task")
+        elif self.source == "local":
+            if not self.train_file:
+                raise ConfigError("data.train_file is not set: pass data.train_file=path/to/train.jsonl")
+            for key in ("train_file", "val_file"):
+                path = getattr(self, key)
+                if path is None:
+                    continue
+                if not Path(path).is_file():
+                    raise ConfigError(f"data.{key} not found: {path}: check the path")
+                if Path(path).suffix.lower() not in LOCAL_SUFFIXES:
+                    raise ConfigError(
+                        f"data.{key} {path} has an unsupported suffix: use one of "
+                        f"{sorted(LOCAL_SUFFIXES)}"
+                    )
+        elif self.source == "hub" and not self.hub_id:
+            raise ConfigError("data.hub_id is not set: pass data.hub_id=org/dataset")
+
+    @property
+    def task(self) -> str:
+        """`seq_cls` for text/label data, else `causal_lm`."""
+        return "seq_cls" if self.format == "classification" else "causal_lm"
+
+
+@dataclass
+class ValidatedConfig:
+    """The typed parts of a composed config."""
+
+    variant: Any
+    data: DataConfig
+    extras: dict = field(default_factory=dict)
+
+
+def register_schemas() -> None:
+    """Store the schemas so that YAML files in conf/variant and conf/data can extend them."""
+    cs = ConfigStore.instance()
+    cs.store(group="variant", name="_schema_lora", node=LoraVariantConfig)
+    cs.store(group="data", name="_schema_data", node=DataConfig)
+
+
+def _build(schema: type, node: DictConfig, group: str) -> Any:
+    data = OmegaConf.to_container(node, resolve=True)
+    known = {f.name for f in fields(schema)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown} in {group}: valid keys are {sorted(known)}"
+        )
+    return schema(**data)
+
+
+def validate(cfg: DictConfig) -> ValidatedConfig:
+    """Check the variant and data groups; raise ConfigError with a one-line fix on bad values."""
+    from loralab.variants import get_variant
+
+    spec = get_variant(cfg.variant.get("name"))
+    variant = _build(spec.schema, cfg.variant, "variant")
+    data = _build(DataConfig, cfg.data, "data")
+    seed = cfg.get("seed")
+    if not isinstance(seed, int):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    if cfg.get("resume") not in (None, "auto"):
+        raise ConfigError(f"resume must be auto or null, got {cfg.resume!r}: use ckpt_path=... for a path")
+    return ValidatedConfig(variant=variant, data=data)

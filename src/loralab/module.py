@@ -1,0 +1,138 @@
+"""The LightningModule: steps, metrics and optimizer. No file I/O and no freezing (callbacks do those)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from transformers import GenerationConfig
+
+from loralab.variants.registry import AdapterInfo
+
+
+class LoraModule(pl.LightningModule):
+    """Trains the adapter in `adapter.model`; logs train/loss, val/loss, val/ppl and
+    val/exact_match (causal LM) or val/accuracy (classification)."""
+
+    def __init__(
+        self,
+        adapter: AdapterInfo,
+        tokenizer: Any,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        max_new_tokens: int = 16,
+        generation_batch_size: int = 32,
+    ) -> None:
+        super().__init__()
+        self.adapter = adapter
+        self.model = adapter.model
+        self.tokenizer = tokenizer
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.max_new_tokens = max_new_tokens
+        self.generation_batch_size = generation_batch_size
+        self.classification = adapter.task == "seq_cls"
+        # frozen base weights are not part of checkpoints (see AdapterCheckpoint)
+        self.strict_loading = False
+        self.tokens_seen = 0
+        self.train_seconds = 0.0
+        self.last_val_step = -1
+        self._batch_start = 0.0
+        self._val_sums: list[torch.Tensor] = []
+
+    def forward(self, **batch: torch.Tensor) -> Any:
+        return self.model(**batch)
+
+    # ---- training ----------------------------------------------------------------------
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        self._batch_start = time.perf_counter()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.model(**batch).loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
+        seconds = time.perf_counter() - self._batch_start
+        tokens = int(batch["attention_mask"].sum())
+        self.tokens_seen += tokens
+        self.train_seconds += seconds
+        self.log("train/tokens_per_s", tokens / max(seconds, 1e-9), prog_bar=True)
+        # stop through should_stop so that Lightning validates at the last step
+        if 0 < self.trainer.max_steps <= self.trainer.global_step:
+            self.trainer.should_stop = True
+
+    # ---- validation --------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self.model(**batch)
+        labels = batch["labels"]
+        if self.classification:
+            count = torch.tensor(float(labels.numel()), device=self.device)
+            correct = (out.logits.argmax(-1) == labels).sum().float()
+        else:
+            # the model averages over predicted tokens: labels shifted by one, -100 ignored
+            count = (labels[:, 1:] != -100).sum().float()
+            correct = torch.zeros((), device=self.device)
+        self._val_sums.append(torch.stack([out.loss.detach().float() * count, count, correct]))
+
+    def on_validation_epoch_end(self) -> None:
+        sums = torch.stack(self._val_sums).sum(0) if self._val_sums else torch.zeros(3, device=self.device)
+        sums = self.all_gather(sums).reshape(-1, 3).sum(0)
+        loss = (sums[0] / sums[1].clamp_min(1)).item()
+        self.log("val/loss", loss, prog_bar=True, rank_zero_only=True)
+        self.log("val/ppl", math.exp(min(loss, 50.0)), rank_zero_only=True)
+        if self.classification:
+            self.log("val/accuracy", (sums[2] / sums[1].clamp_min(1)).item(), prog_bar=True)
+        else:
+            rows = getattr(self.trainer.datamodule, "generation_set", None) or []
+            if rows:
+                self.log("val/exact_match", self.exact_match(rows), prog_bar=True)
+        self.last_val_step = self.trainer.global_step
+
+    @torch.no_grad()
+    def generate_answers(self, prompts: list[list[int]]) -> list[str]:
+        """Greedy completions of token-id prompts (left-padded in batches)."""
+        tok = self.tokenizer
+        config = GenerationConfig(
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        answers: list[str] = []
+        for start in range(0, len(prompts), self.generation_batch_size):
+            chunk = prompts[start : start + self.generation_batch_size]
+            width = max(len(p) for p in chunk)
+            ids = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, p in enumerate(chunk):
+                ids[i, width - len(p) :] = torch.tensor(p)
+                mask[i, width - len(p) :] = 1
+            out = self.model.generate(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), generation_config=config
+            )
+            answers += tok.batch_decode(out[:, width:], skip_special_tokens=True)
+        return [a.strip() for a in answers]
+
+    def exact_match(self, rows: list[dict]) -> float:
+        """Share of greedy answers equal to the reference (after stripping whitespace)."""
+        answers = self.generate_answers([r["prompt_ids"] for r in rows])
+        return sum(a == r["reference"] for a, r in zip(answers, rows)) / len(rows)
+
+    # ---- optimizer ---------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer, num_training_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

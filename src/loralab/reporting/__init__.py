@@ -1,0 +1,1 @@
+"""Run metadata, summaries and their printed tables."""

@@ -1,0 +1,104 @@
+"""run_meta.json: what a person or `loralab-rerun` needs to understand and repeat a run."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import socket
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from loralab.io import write_json
+
+PACKAGES = (
+    "loralab", "torch", "lightning", "transformers", "peft", "datasets", "hydra-core",
+    "omegaconf", "wandb", "tokenizers", "safetensors", "numpy", "gguf",
+)
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that decide a run's numbers."""
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_state(repo: Path) -> dict:
+    """Commit and dirty flag of the source tree (and the diff when dirty)."""
+    def run(*args: str) -> str | None:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=repo, capture_output=True, text=True, timeout=10, check=True
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = run("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None, "diff": None}
+    status = run("status", "--porcelain", "--untracked-files=no") or ""
+    return {"commit": commit.strip(), "dirty": bool(status.strip()), "diff": run("diff", "HEAD") if status.strip() else None}
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A hash of the resolved config (paths of this run excluded)."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data.pop("paths", None)
+    text = OmegaConf.to_yaml(OmegaConf.create(data), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def hydra_overrides() -> list[str]:
+    """The command-line overrides of this run, when run as a Hydra app."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except (ImportError, ValueError):
+        return []
+
+
+def write_run_meta(run_dir: str | Path, cfg: DictConfig, model: dict, data: dict) -> dict:
+    """Write run_meta.json (and git_diff.patch when the tree is dirty)."""
+    run_dir = Path(run_dir)
+    source_root = Path(__file__).resolve().parents[3]
+    git = git_state(source_root)
+    diff = git.pop("diff")
+    if diff:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "git_diff.patch").write_text(diff)
+        git["diff_file"] = "git_diff.patch"
+    import torch
+
+    meta = {
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": sys.argv,
+        "overrides": hydra_overrides(),
+        "config_hash": config_hash(cfg),
+        "seed": cfg.seed,
+        "data_seed": cfg.data.get("seed"),
+        "git": git,
+        "packages": package_versions(),
+        "model": model,
+        "data": data,
+        "host": {
+            "hostname": socket.gethostname(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": __import__("os").cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+    }
+    write_json(run_dir / "run_meta.json", meta)
+    return meta

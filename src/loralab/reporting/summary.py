@@ -1,0 +1,71 @@
+"""Writing summary.json and printing it as a table."""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+
+import torch
+
+from loralab.io import write_json
+
+SUMMARY_FILE = "summary.json"
+
+
+def peak_memory() -> dict:
+    """Peak resident memory of this process, and peak GPU memory where CUDA is used."""
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {"peak_rss_mb": rss_kb / 1024 if sys.platform != "darwin" else rss_kb / 2**20}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def write_summary(run_dir: str | Path, summary: dict) -> Path:
+    """Write summary.json atomically."""
+    return write_json(Path(run_dir) / SUMMARY_FILE, summary)
+
+
+def write_failed_summary(run_dir: str | Path, error: str) -> Path:
+    """A failure before training started: status and error only."""
+    return write_summary(run_dir, {"status": "failed", "error": error, "run_dir": str(run_dir)})
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def print_summary(summary: dict) -> None:
+    """The end-of-run table: parameters, before/after metrics, merge result, where things are."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"loralab run: {summary.get('status')}", show_header=True)
+    table.add_column("")
+    table.add_column("before")
+    table.add_column("after")
+    before, after = summary.get("before") or {}, summary.get("after") or {}
+    for key in sorted(set(before) | set(after)):
+        table.add_row(key, _fmt(before.get(key)), _fmt(after.get(key)))
+    trainable, total = summary.get("trainable_params"), summary.get("total_params")
+    if trainable is not None and total:
+        table.add_row("trainable / total params", f"{trainable:,} / {total:,}", f"{100 * trainable / total:.3f}%")
+    merge = summary.get("merge_passed")
+    if merge is not None:
+        table.add_row(
+            "merge check",
+            "passed" if merge else "FAILED",
+            f"max abs err {_fmt(summary.get('merge_max_abs_err'))} (reloaded {_fmt(summary.get('reload_max_abs_err'))})",
+        )
+    table.add_row("tokens/s (train)", _fmt(summary.get("tokens_per_s")), "")
+    table.add_row("peak memory (RSS MB)", _fmt(summary.get("peak_rss_mb")), "")
+    table.add_row("wall time (s)", _fmt(summary.get("wall_time_s")), "")
+    for key in ("adapter_dir", "merged_dir", "run_dir"):
+        if summary.get(key):
+            table.add_row(key.replace("_", " "), str(summary[key]), "")
+    Console().print(table)

@@ -1,0 +1,50 @@
+"""Which modules a target pattern selects: a list of names (exact or dotted suffix, as in peft),
+a regex (full match on the module's full name) or `all-linear` (every linear layer but the output head)."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+OUTPUT_HEADS = ("lm_head", "score", "classifier")
+
+
+def _linear_names(model: nn.Module) -> list[str]:
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or module is out_emb:
+            continue
+        if name.split(".")[-1] in OUTPUT_HEADS:
+            continue
+        names.append(name)
+    return names
+
+
+def _suffix_match(names: list[str], key: str) -> list[str]:
+    return [n for n in names if n == key or n.endswith("." + key)]
+
+
+def match_targets(model: torch.nn.Module, targets: str | list[str]) -> dict[str, list[str]]:
+    """Pattern -> the module names it selects, in model order."""
+    names = [n for n, _ in model.named_modules() if n]
+    if targets == "all-linear":
+        return {"all-linear": _linear_names(model)}
+    if isinstance(targets, str):
+        rx = re.compile(targets)
+        return {targets: [n for n in names if rx.fullmatch(n)]}
+    return {t: _suffix_match(names, t) for t in targets}
+
+
+def match_modules_to_save(model: torch.nn.Module, entries: list[str] | None) -> dict[str, list[str]]:
+    """modules_to_save entry -> module names (peft ignores entries that match nothing; we do not)."""
+    names = [n for n, _ in model.named_modules() if n]
+    return {e: _suffix_match(names, e) for e in entries or []}
+
+
+def layer_of(name: str) -> str:
+    """The transformer layer index in a module name, or 'other'."""
+    m = re.search(r"\.(?:layers|h|layer|blocks)\.(\d+)\.", name + ".")
+    return m.group(1) if m else "other"
