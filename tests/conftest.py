@@ -1,0 +1,76 @@
+"""Shared fixtures: compose the real configs with overrides, on the tiny model, in a temp run dir."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from loralab.config import register_schemas
+from loralab.train import CONF_DIR
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+register_schemas()
+
+TINY = ["model=tiny", "debug=fast", "logger=csv", "~callbacks.progress"]
+
+
+def compose_config(overrides: list[str], run_dir: Path, cache_dir: Path | None = None) -> DictConfig:
+    """The composed train config with `overrides`, writing into `run_dir`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.run_dir = str(run_dir)
+        if cache_dir is not None:
+            cfg.paths.cache_dir = str(cache_dir)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """Build a tiny-model config: make_cfg("variant.r=4", run="a")."""
+
+    def make(*overrides: str, run: str = "run", base: list[str] | None = None) -> DictConfig:
+        return compose_config([*(TINY if base is None else base), *overrides], tmp_path / run, tmp_path / "cache")
+
+    return make
+
+
+@pytest.fixture
+def tiny_tokenizer():
+    """The tokenizer shipped for model=tiny."""
+    from loralab.models import FromConfig
+
+    return FromConfig({"model_type": "llama"}).load_tokenizer()
+
+
+def build_tiny_adapter(task: str = "causal_lm", labels: list[str] | None = None, **variant):
+    """A peft LoRA adapter on the tiny model (2 layers, width 64), built the way train() does."""
+    import torch
+
+    from loralab.config.schemas import LoraVariantConfig
+    from loralab.models import FromConfig
+    from loralab.variants import get_variant
+
+    torch.manual_seed(0)
+    source = FromConfig(
+        {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+         "max_position_embeddings": 256, "tie_word_embeddings": True},
+        name="tiny",
+    )
+    cfg = LoraVariantConfig(**variant)
+    return get_variant("lora").build(source.load_model(task, labels), cfg, task), source.load_tokenizer()
+
+
+@pytest.fixture
+def tiny_adapter():
+    """Factory fixture for build_tiny_adapter."""
+    return build_tiny_adapter

@@ -1,0 +1,138 @@
+"""train(cfg) end to end on the tiny model: artefacts, plain peft / transformers loading, resume."""
+
+from __future__ import annotations
+
+import json
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from loralab.train import run, train
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One completed tiny run shared by the tests below."""
+    from tests.conftest import TINY, compose_config
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    cfg = compose_config([*TINY, "variant.r=4", "trainer.max_steps=6", "trainer.val_check_interval=3"],
+                         tmp / "run", tmp / "cache")
+    summary, objects = train(cfg)
+    return cfg, summary, objects, Path(cfg.paths.run_dir)
+
+
+def test_run_directory_contents(finished):
+    cfg, summary, _, run_dir = finished
+    for name in ("run_meta.json", "summary.json", "merge_report.json", "freeze_manifest.json",
+                 "metrics.csv", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
+                 "merged/config.json", "merged/model.safetensors"):
+        assert (run_dir / name).is_file(), name
+    saved = json.loads((run_dir / "summary.json").read_text())
+    assert saved["status"] == "completed" and saved["global_step"] == 6
+    assert saved["merge_passed"] and saved["trainable_params"] == 8192 // 2 * 2  # r=4 on 14 linears
+    assert saved["before"]["val/loss"] > saved["after"]["val/loss"]
+    assert saved["after_step"] == 6 and saved["adapter_bytes"] > 0 and saved["peak_rss_mb"] > 0
+    meta = json.loads((run_dir / "run_meta.json").read_text())
+    assert meta["seed"] == cfg.seed and len(meta["data"]["fingerprint"]) == 16
+    assert meta["packages"]["torch"] and meta["packages"]["peft"] and "commit" in meta["git"]
+    header = (run_dir / "metrics.csv").read_text().splitlines()[0]
+    for key in ("train/loss", "val/loss", "val/ppl", "val/exact_match", "train/tokens_per_s", "train/lr"):
+        assert key in header
+
+
+def test_checkpoints_keep_last_and_best(finished):
+    *_, run_dir = finished
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert ckpts == ["step-0000003", "step-0000006"]
+    state = torch.load(run_dir / "checkpoints/step-0000006/training_state.ckpt", weights_only=True)
+    assert state["global_step"] == 6 and state["optimizer_states"] and state["lr_schedulers"]
+    assert state["state_dict"] and all("lora_" in k for k in state["state_dict"])  # no frozen base
+
+
+def test_adapter_loads_in_plain_peft(finished):
+    from peft import PeftModel
+
+    _, _, objects, run_dir = finished
+    module = objects["module"]
+    batch = next(iter(objects["datamodule"].val_dataloader()))
+    module.model.eval()
+    with torch.no_grad():
+        ref = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    # the tiny base has random weights: take them from the trained model with the adapter removed
+    clean = copy.deepcopy(module.model).unload()
+    loaded = PeftModel.from_pretrained(clean, run_dir / "adapter").eval()
+    with torch.no_grad():
+        got = loaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert torch.allclose(ref, got, atol=1e-5)
+
+
+def test_merged_model_loads_in_plain_transformers(finished):
+    from transformers import AutoModelForCausalLM
+
+    _, _, objects, run_dir = finished
+    module = objects["module"]
+    batch = next(iter(objects["datamodule"].val_dataloader()))
+    merged = AutoModelForCausalLM.from_pretrained(run_dir / "merged").eval()
+    module.model.eval()
+    with torch.no_grad():
+        ref = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        got = merged(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    mask = batch["attention_mask"].bool()
+    assert (ref[mask] - got[mask]).abs().max() < 1e-4
+
+
+def test_resume_continues_at_the_right_step(make_cfg, finished):
+    cfg0, *_, run_dir = finished
+    ckpt = run_dir / "checkpoints" / "step-0000003"
+    cfg = make_cfg("variant.r=4", "trainer.max_steps=6", "trainer.val_check_interval=3", f"ckpt_path={ckpt}",
+                   run="resumed")
+    summary, objects = train(cfg)
+    assert summary["global_step"] == 6 and summary["status"] == "completed"
+    assert not summary["before"]  # no "before" validation when continuing
+    assert sorted(p.name for p in (Path(cfg.paths.run_dir) / "checkpoints").iterdir()) == ["step-0000006"]
+
+
+def test_resume_auto_in_the_same_run_dir(make_cfg):
+    cfg = make_cfg("variant.r=4", "trainer.max_steps=3", "trainer.val_check_interval=3", run="auto")
+    train(cfg)
+    cfg2 = make_cfg("variant.r=4", "trainer.max_steps=6", "trainer.val_check_interval=3", "resume=auto", run="auto")
+    summary, _ = train(cfg2)
+    assert summary["global_step"] == 6
+    metrics = (Path(cfg2.paths.run_dir) / "metrics.csv").read_text()
+    assert metrics.count("\n") > 1
+
+
+def test_classification_end_to_end(make_cfg):
+    cfg = make_cfg("data=topics", "variant.r=2", run="cls")
+    summary, _ = train(cfg)
+    assert summary["status"] == "completed" and summary["merge_passed"]
+    assert "val/accuracy" in summary["after"] and "val/exact_match" not in summary["after"]
+
+
+def test_failed_merge_marks_summary_failed(make_cfg):
+    from loralab.errors import MergeCheckError
+
+    cfg = make_cfg("variant.init_lora_weights=false", "trainer.max_steps=1", "callbacks.merge_check.tolerance.float32=1e-12",
+                   "optimizer.lr=0.5", run="merge_fail")
+    with pytest.raises(MergeCheckError):
+        run(cfg)
+    summary = json.loads((Path(cfg.paths.run_dir) / "summary.json").read_text())
+    assert summary["status"] == "failed" and "merge check failed" in summary["error"]
+    assert (Path(cfg.paths.run_dir) / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_wandb_offline_run_is_written_and_finished(make_cfg):
+    cfg = make_cfg("trainer.max_steps=2", "trainer.val_check_interval=2", run="wb",
+                   base=["model=tiny", "debug=fast", "logger=default", "~callbacks.progress"])
+    with open_dict(cfg):
+        cfg.tags = ["test"]
+    run(cfg)
+    import wandb
+
+    assert wandb.run is None  # finished
+    runs = list((Path(cfg.paths.run_dir) / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))

@@ -1,0 +1,46 @@
+"""Every config in conf/ composes, validates and instantiates cheaply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from loralab.config import validate
+from loralab.train import CONF_DIR
+
+CONF = Path(CONF_DIR)
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["model", "data", "variant", "trainer", "logger", "callbacks",
+                                   "optimizer", "scheduler", "debug"])
+def test_every_option_composes(make_cfg, group, tmp_path):
+    required = {"model/hub": ["model.name_or_path=org/some-model"],
+                "data/local": [f"data.train_file={tmp_path / 'd.jsonl'}"],
+                "data/hub": ["data.hub_id=org/some-data"]}
+    (tmp_path / "d.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
+    assert options(group), f"no options in conf/{group}"
+    for option in options(group):
+        cfg = make_cfg(f"{group}={option}", *required.get(f"{group}/{option}", []), base=[])
+        typed = validate(cfg)
+        assert typed.variant.r >= 1
+        if group == "trainer":
+            trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False) if option == "cpu" else None
+            assert trainer is None or trainer.max_steps == cfg.trainer.max_steps
+        if group == "callbacks":
+            callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+            assert {type(c).__name__ for c in callbacks} >= {"Freeze", "AdapterCheckpoint", "MergeCheck", "RunSummary"}
+        if group == "model" and option != "hub":
+            source = instantiate(cfg.model)
+            assert source.load_tokenizer().pad_token is not None
+
+
+def test_run_dir_follows_experiment_name(make_cfg):
+    cfg = make_cfg("data=word_sort", "variant.r=4")
+    assert cfg.experiment_name == "word_sort_lora"
+    assert cfg.variant.r == 4 and cfg.data.builtin_task == "word_sort"

@@ -1,0 +1,116 @@
+"""Built-in tasks, formatting with completion-only labels, dynamic padding, data errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loralab.config.schemas import DataConfig
+from loralab.data import formatting
+from loralab.data.builtin import generate
+from loralab.data.datamodule import LoraDataModule, PadCollator
+from loralab.errors import DataError
+
+
+def test_builtin_tasks_are_deterministic_and_disjoint():
+    a_train, a_val = generate("dates", 200, 50, seed=7)
+    b_train, b_val = generate("dates", 200, 50, seed=7)
+    assert a_train == b_train and a_val == b_val
+    assert generate("dates", 200, 50, seed=8)[0] != a_train
+    assert not {e["prompt"] for e in a_val} & {e["prompt"] for e in a_train}
+    ex = a_train[0]
+    assert ex["completion"][4] == "-" and len(ex["completion"]) == 10
+
+
+def test_word_sort_answer_is_sorted():
+    train, _ = generate("word_sort", 20, 5, seed=1)
+    for ex in train:
+        words = ex["prompt"].split(": ", 1)[1].split(", ")
+        assert ex["completion"] == ", ".join(sorted(words))
+
+
+def test_prompt_tokens_are_masked(tiny_tokenizer):
+    enc = formatting.encode_prompt_completion(tiny_tokenizer, "Convert: May 1, 2000", "2000-05-01", 128)
+    labels, ids = enc["labels"], enc["input_ids"]
+    n_prompt = enc["prompt_length"]
+    assert all(x == -100 for x in labels[:n_prompt])
+    assert labels[n_prompt:] == ids[n_prompt:]
+    decoded = tiny_tokenizer.decode(ids[n_prompt:])
+    assert decoded.startswith("2000-05-01") and "<|im_end|>" in decoded
+    assert "<|im_start|>assistant" in tiny_tokenizer.decode(ids[:n_prompt])
+
+
+def test_without_chat_template_completion_ends_with_eos(tiny_tokenizer):
+    tiny_tokenizer.chat_template = None
+    enc = formatting.encode_prompt_completion(tiny_tokenizer, "Q: 1+1=", " 2", 128)
+    completion = enc["input_ids"][enc["prompt_length"] :]
+    assert completion[-1] == tiny_tokenizer.eos_token_id
+    assert tiny_tokenizer.decode(enc["input_ids"]).startswith("Q: 1+1= 2")
+
+
+def test_chat_format_trains_last_assistant_turn(tiny_tokenizer):
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "bye"}, {"role": "assistant", "content": "see you"}]
+    enc = formatting.encode_chat(tiny_tokenizer, msgs, 256)
+    trained = tiny_tokenizer.decode([i for i, lab in zip(enc["input_ids"], enc["labels"]) if lab != -100])
+    assert trained.startswith("see you") and "hello" not in trained
+
+
+def test_truncation_drops_examples_without_completion(tiny_tokenizer):
+    enc = formatting.encode_prompt_completion(tiny_tokenizer, "word " * 50, "answer", 10)
+    assert enc["truncated"] and not enc["keep"] and len(enc["input_ids"]) == 10
+
+
+def test_collator_pads_to_longest_in_batch():
+    collate = PadCollator(pad_id=0, classification=False)
+    batch = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5], "labels": [5]}])
+    assert batch["input_ids"].shape == (2, 3)
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [5, -100, -100]]
+
+
+def _dm(tokenizer, tmp_path, **kw):
+    dm = LoraDataModule(DataConfig(**kw), tokenizer, cache_dir=tmp_path / "cache")
+    dm.setup("fit")
+    return dm
+
+
+def test_datamodule_builtin(tiny_tokenizer, tmp_path):
+    dm = _dm(tiny_tokenizer, tmp_path, num_train=64, num_val=16, generation_examples=8)
+    assert dm.stats["train"]["examples"] == 64 and dm.stats["val"]["examples"] == 16
+    assert len(dm.generation_set) == 8 and len(dm.fingerprint) == 16
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_ids"].shape[0] == 8
+    assert batch["attention_mask"][:, -1].sum() >= 1  # padded to the longest in the batch
+    again = _dm(tiny_tokenizer, tmp_path, num_train=64, num_val=16, generation_examples=8)
+    assert again.fingerprint == dm.fingerprint
+    assert list((tmp_path / "cache" / "tokenized").glob("*.arrow"))  # tokenization is cached
+
+
+def test_datamodule_local_jsonl_and_classification(tiny_tokenizer, tmp_path):
+    path = tmp_path / "cls.jsonl"
+    rows = [{"text": f"sample {i}", "label": ["pos", "neg"][i % 2]} for i in range(40)]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    dm = _dm(tiny_tokenizer, tmp_path, source="local", train_file=str(path), format="classification",
+             num_train=None, num_val=None, builtin_task=None, val_fraction=0.25)
+    assert dm.labels == ["neg", "pos"]
+    assert dm.stats["train"]["examples"] == 30 and dm.stats["val"]["examples"] == 10
+    assert next(iter(dm.val_dataloader()))["labels"].dim() == 1
+
+
+@pytest.mark.parametrize(
+    "content, kw, fragment",
+    [
+        ('{"question": "a", "answer": "b"}\n' * 5, {}, "format prompt_completion needs"),
+        ("", {}, "cannot read data|empty"),
+        ('{"prompt": "a", "completion": "b"}\n' * 5, {"max_length": 1}, "longer than data.max_length=1"),
+        ('{"text": "a", "label": "x"}\n' * 5, {"format": "classification"}, "at least 2 labels"),
+    ],
+)
+def test_data_errors(tiny_tokenizer, tmp_path, content, kw, fragment):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError, match=fragment):
+        _dm(tiny_tokenizer, tmp_path, source="local", train_file=str(path), num_train=None,
+            num_val=None, builtin_task=None, **kw)
