@@ -61,9 +61,17 @@ def build_tiny_adapter(task: str = "causal_lm", labels: list[str] | None = None,
 
     torch.manual_seed(0)
     source = FromConfig(
-        {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
-         "max_position_embeddings": 256, "tie_word_embeddings": True},
+        {
+            "model_type": "llama",
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "max_position_embeddings": 256,
+            "tie_word_embeddings": True,
+        },
         name="tiny",
     )
     cfg = LoraVariantConfig(**variant)

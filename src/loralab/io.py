@@ -41,3 +41,15 @@ def write_dir(target: str | Path, fill: Callable[[Path], None]) -> Path:
 def dir_bytes(path: str | Path) -> int:
     """Total size of the files under `path`."""
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def set_aside(path: str | Path) -> Path | None:
+    """Rename an existing file to `<stem>.<n><suffix>` (first free n) so a new one can start."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    n = 1
+    while (kept := path.with_name(f"{path.stem}.{n}{path.suffix}")).exists():
+        n += 1
+    os.rename(path, kept)
+    return kept

@@ -32,5 +32,8 @@ def wandb_logger(save_dir: str, **kwargs: Any) -> Any:
     os.environ.setdefault("WANDB_SILENT", "true")
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     if mode in ("offline", "dryrun"):
-        log.info("W&B is offline (no credentials): sync later with `wandb sync %s/wandb/offline-run-*`", save_dir)
+        log.info(
+            "W&B is offline (no credentials): sync later with `wandb sync %s/wandb/offline-run-*`",
+            save_dir,
+        )
     return WandbLogger(save_dir=save_dir, offline=mode in ("offline", "dryrun"), mode=mode, **kwargs)

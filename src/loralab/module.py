@@ -30,6 +30,8 @@ class LoraModule(pl.LightningModule):
         super().__init__()
         self.adapter = adapter
         self.model = adapter.model
+        # from_pretrained leaves the base in eval mode; LoRA dropout must be active in training
+        self.model.train()
         self.tokenizer = tokenizer
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -117,7 +119,9 @@ class LoraModule(pl.LightningModule):
                 ids[i, width - len(p) :] = torch.tensor(p)
                 mask[i, width - len(p) :] = 1
             out = self.model.generate(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), generation_config=config
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                generation_config=config,
             )
             answers += tok.batch_decode(out[:, width:], skip_special_tokens=True)
         return [a.strip() for a in answers]
@@ -125,7 +129,7 @@ class LoraModule(pl.LightningModule):
     def exact_match(self, rows: list[dict]) -> float:
         """Share of greedy answers equal to the reference (after stripping whitespace)."""
         answers = self.generate_answers([r["prompt_ids"] for r in rows])
-        return sum(a == r["reference"] for a, r in zip(answers, rows)) / len(rows)
+        return sum(a == r["reference"] for a, r in zip(answers, rows, strict=True)) / len(rows)
 
     # ---- optimizer ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -135,4 +139,7 @@ class LoraModule(pl.LightningModule):
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = self.scheduler_factory(optimizer, num_training_steps=total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -9,7 +9,10 @@ from torch.optim.lr_scheduler import LambdaLR
 
 
 def warmup_cosine(
-    optimizer: Optimizer, num_training_steps: int, warmup_ratio: float = 0.1, min_lr_ratio: float = 0.0
+    optimizer: Optimizer,
+    num_training_steps: int,
+    warmup_ratio: float = 0.1,
+    min_lr_ratio: float = 0.0,
 ) -> LambdaLR:
     """Linear warm-up over `warmup_ratio` of the steps, then cosine decay to `min_lr_ratio`."""
     warmup = max(1, int(round(warmup_ratio * num_training_steps))) if warmup_ratio > 0 else 0

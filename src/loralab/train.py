@@ -1,8 +1,8 @@
 """The Hydra entry point: compose -> validate -> data -> model + variant -> Lightning fit.
 
-    loralab-train                      # the default experiment
-    loralab-train model=tiny variant.r=4
-    python -m loralab.train data=word_sort trainer.max_steps=200
+loralab-train                      # the default experiment
+loralab-train model=tiny variant.r=4
+python -m loralab.train data=word_sort trainer.max_steps=200
 """
 
 from __future__ import annotations
@@ -10,33 +10,19 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
+import warnings
 from pathlib import Path
-from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from loralab.cli import close_wandb, precheck_composition
 from loralab.config import register_schemas, validate
 from loralab.errors import LoralabError
 
-log = logging.getLogger("loralab")
 # conf/ beside src/ (the package is installed editable from the repository)
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-
-
-def _flat(cfg: DictConfig) -> dict:
-    """The resolved config as flat `a.b.c` keys, for logger config panels."""
-    out: dict = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}{k}.")
-        else:
-            out[prefix[:-1]] = node
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return out
 
 
 def train(cfg: DictConfig) -> tuple[dict, dict]:
@@ -46,9 +32,16 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     from loralab.callbacks import find_checkpoint
     from loralab.data.datamodule import LoraDataModule
+    from loralab.io import set_aside
     from loralab.module import LoraModule
-    from loralab.reporting.run_meta import write_run_meta
+    from loralab.reporting.run_meta import flat_config, write_run_meta
     from loralab.variants import get_variant
+
+    # Lightning adds console handlers of its own when imported; Hydra's handlers already print
+    # (and write train.log), so let its records go there once
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
 
     typed = validate(cfg)  # 1. config checks: before anything loads
     run_dir = Path(cfg.paths.run_dir)
@@ -56,6 +49,10 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     source = instantiate(cfg.model)  # cheap: checks the model's location
     ckpt = find_checkpoint(cfg.ckpt_path, cfg.resume, run_dir / "checkpoints")
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    if ckpt is not None:
+        # Lightning's CSV logger deletes an existing metrics.csv; keep the earlier part of the run
+        set_aside(run_dir / "metrics.csv")
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
 
     tokenizer = source.load_tokenizer()  # 2. data, before the model: data errors come fast
@@ -75,22 +72,20 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     )
 
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)  # 4. fit
+    data_facts = {f"data/{split}_{k}": v for split, st in datamodule.stats.items() for k, v in st.items()}
     for lg in loggers:
-        lg.log_hyperparams(_flat(cfg))
+        lg.log_hyperparams({**flat_config(cfg), **data_facts, "data/fingerprint": datamodule.fingerprint})
     if cfg.validate_before and ckpt is None:
         trainer.validate(module, datamodule=datamodule, verbose=False)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
 
     summary = next(cb for cb in callbacks if hasattr(cb, "collect")).collect(trainer, module, "completed", None)
-    return summary, {"trainer": trainer, "module": module, "datamodule": datamodule, "callbacks": callbacks}
-
-
-def _close_wandb(failed: bool) -> None:
-    if "wandb" in sys.modules:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish(exit_code=1 if failed else 0)
+    return summary, {
+        "trainer": trainer,
+        "module": module,
+        "datamodule": datamodule,
+        "callbacks": callbacks,
+    }
 
 
 def run(cfg: DictConfig) -> dict:
@@ -98,16 +93,19 @@ def run(cfg: DictConfig) -> dict:
     from loralab.reporting.summary import SUMMARY_FILE, print_summary, write_failed_summary
 
     run_dir = Path(cfg.paths.run_dir)
+    started = time.time()
     failed = True
     try:
         summary, _ = train(cfg)
         failed = False
     except BaseException as exc:
-        if not (run_dir / SUMMARY_FILE).exists():
+        summary_file = run_dir / SUMMARY_FILE
+        # the RunSummary callback writes failures during fit; earlier ones are recorded here
+        if not summary_file.exists() or summary_file.stat().st_mtime < started:
             write_failed_summary(run_dir, f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        _close_wandb(failed)
+        close_wandb(failed)
     print_summary(summary)
     return summary
 
@@ -126,6 +124,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     """Console script `loralab-train`."""
     register_schemas()
+    precheck_composition(sys.argv[1:], CONF_DIR)
     _hydra_main()
 
 

@@ -17,8 +17,18 @@ def run_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "LORALAB_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
-        [sys.executable, "-m", "loralab.train", *BASE, f"hydra.run.dir={tmp_path / 'run'}", *overrides],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "loralab.train",
+            *BASE,
+            f"hydra.run.dir={tmp_path / 'run'}",
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
 
 
@@ -33,10 +43,26 @@ CASES = {
     "dropout out of range": (["variant.dropout=1.5"], "variant.dropout must be in [0, 1)", True),
     "unknown variant": (["variant=lorra"], "Could not find 'variant/lorra'", True),
     "unknown key": (["variant.rank=4"], "Could not override 'variant.rank'", True),
-    "target matches nothing": (["variant.target_modules=[q_proj,nope_proj]"], "'nope_proj' matches no module", False),
-    "modules_to_save matches nothing": (["variant.modules_to_save=[headx]"], "modules_to_save entry 'headx'", False),
-    "missing model path": (["model=hub", "model.name_or_path=/no/such/model"], "model path not found", True),
-    "missing data file": (["data=local", "data.train_file=/no/such.jsonl"], "data.train_file not found", True),
+    "target matches nothing": (
+        ["variant.target_modules=[q_proj,nope_proj]"],
+        "'nope_proj' matches no module",
+        False,
+    ),
+    "modules_to_save matches nothing": (
+        ["variant.modules_to_save=[headx]"],
+        "modules_to_save entry 'headx'",
+        False,
+    ),
+    "missing model path": (
+        ["model=hub", "model.name_or_path=/no/such/model"],
+        "model path not found",
+        True,
+    ),
+    "missing data file": (
+        ["data=local", "data.train_file=/no/such.jsonl"],
+        "data.train_file not found",
+        True,
+    ),
     "every example too long": (["data.max_length=4"], "longer than data.max_length=4", True),
 }
 
@@ -76,6 +102,11 @@ def test_empty_data_file(tmp_path):
 def test_full_error_shows_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     env = {**os.environ, "LORALAB_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, "-m", "loralab.train", *BASE, f"hydra.run.dir={tmp_path}", "variant.r=0"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "loralab.train", *BASE, f"hydra.run.dir={tmp_path}", "variant.r=0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode != 0 and "Traceback" in proc.stderr

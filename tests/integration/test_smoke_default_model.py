@@ -14,9 +14,17 @@ from tests.conftest import compose_config
 @pytest.mark.slow
 def test_default_model_two_steps(tmp_path):
     cfg = compose_config(
-        ["logger=csv", "~callbacks.progress", "trainer.max_steps=2", "trainer.val_check_interval=2",
-         "data.num_train=16", "data.num_val=8", "data.generation_examples=4", "data.eval_batch_size=8",
-         "callbacks.merge_check.probe_examples=2"],
+        [
+            "logger=csv",
+            "~callbacks.progress",
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+            "data.num_train=16",
+            "data.num_val=8",
+            "data.generation_examples=4",
+            "data.eval_batch_size=8",
+            "callbacks.merge_check.probe_examples=2",
+        ],
         tmp_path / "run",
     )
     summary, objects = train(cfg)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import copy
+import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -19,17 +20,28 @@ def finished(tmp_path_factory):
     from tests.conftest import TINY, compose_config
 
     tmp = tmp_path_factory.mktemp("e2e")
-    cfg = compose_config([*TINY, "variant.r=4", "trainer.max_steps=6", "trainer.val_check_interval=3"],
-                         tmp / "run", tmp / "cache")
+    cfg = compose_config(
+        [*TINY, "variant.r=4", "trainer.max_steps=6", "trainer.val_check_interval=3"],
+        tmp / "run",
+        tmp / "cache",
+    )
     summary, objects = train(cfg)
     return cfg, summary, objects, Path(cfg.paths.run_dir)
 
 
 def test_run_directory_contents(finished):
     cfg, summary, _, run_dir = finished
-    for name in ("run_meta.json", "summary.json", "merge_report.json", "freeze_manifest.json",
-                 "metrics.csv", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
-                 "merged/config.json", "merged/model.safetensors"):
+    for name in (
+        "run_meta.json",
+        "summary.json",
+        "merge_report.json",
+        "freeze_manifest.json",
+        "metrics.csv",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "merged/config.json",
+        "merged/model.safetensors",
+    ):
         assert (run_dir / name).is_file(), name
     saved = json.loads((run_dir / "summary.json").read_text())
     assert saved["status"] == "completed" and saved["global_step"] == 6
@@ -40,7 +52,14 @@ def test_run_directory_contents(finished):
     assert meta["seed"] == cfg.seed and len(meta["data"]["fingerprint"]) == 16
     assert meta["packages"]["torch"] and meta["packages"]["peft"] and "commit" in meta["git"]
     header = (run_dir / "metrics.csv").read_text().splitlines()[0]
-    for key in ("train/loss", "val/loss", "val/ppl", "val/exact_match", "train/tokens_per_s", "train/lr"):
+    for key in (
+        "train/loss",
+        "val/loss",
+        "val/ppl",
+        "val/exact_match",
+        "train/tokens_per_s",
+        "train/lr",
+    ):
         assert key in header
 
 
@@ -88,8 +107,13 @@ def test_merged_model_loads_in_plain_transformers(finished):
 def test_resume_continues_at_the_right_step(make_cfg, finished):
     cfg0, *_, run_dir = finished
     ckpt = run_dir / "checkpoints" / "step-0000003"
-    cfg = make_cfg("variant.r=4", "trainer.max_steps=6", "trainer.val_check_interval=3", f"ckpt_path={ckpt}",
-                   run="resumed")
+    cfg = make_cfg(
+        "variant.r=4",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=3",
+        f"ckpt_path={ckpt}",
+        run="resumed",
+    )
     summary, objects = train(cfg)
     assert summary["global_step"] == 6 and summary["status"] == "completed"
     assert not summary["before"]  # no "before" validation when continuing
@@ -99,11 +123,24 @@ def test_resume_continues_at_the_right_step(make_cfg, finished):
 def test_resume_auto_in_the_same_run_dir(make_cfg):
     cfg = make_cfg("variant.r=4", "trainer.max_steps=3", "trainer.val_check_interval=3", run="auto")
     train(cfg)
-    cfg2 = make_cfg("variant.r=4", "trainer.max_steps=6", "trainer.val_check_interval=3", "resume=auto", run="auto")
+    cfg2 = make_cfg(
+        "variant.r=4",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=3",
+        "resume=auto",
+        run="auto",
+    )
     summary, _ = train(cfg2)
     assert summary["global_step"] == 6
-    metrics = (Path(cfg2.paths.run_dir) / "metrics.csv").read_text()
-    assert metrics.count("\n") > 1
+    run_dir = Path(cfg2.paths.run_dir)
+
+    def steps(name: str) -> set[int]:
+        with open(run_dir / name) as f:
+            return {int(row["step"]) for row in csv.DictReader(f)}
+
+    # the first part's metrics are kept beside the second part's
+    assert steps("metrics.1.csv") and max(steps("metrics.1.csv")) <= 3
+    assert min(steps("metrics.csv")) >= 3 and max(steps("metrics.csv")) >= 5
 
 
 def test_classification_end_to_end(make_cfg):
@@ -116,8 +153,13 @@ def test_classification_end_to_end(make_cfg):
 def test_failed_merge_marks_summary_failed(make_cfg):
     from loralab.errors import MergeCheckError
 
-    cfg = make_cfg("variant.init_lora_weights=false", "trainer.max_steps=1", "callbacks.merge_check.tolerance.float32=1e-12",
-                   "optimizer.lr=0.5", run="merge_fail")
+    cfg = make_cfg(
+        "variant.init_lora_weights=false",
+        "trainer.max_steps=1",
+        "callbacks.merge_check.tolerance.float32=1e-12",
+        "optimizer.lr=0.5",
+        run="merge_fail",
+    )
     with pytest.raises(MergeCheckError):
         run(cfg)
     summary = json.loads((Path(cfg.paths.run_dir) / "summary.json").read_text())
@@ -126,8 +168,12 @@ def test_failed_merge_marks_summary_failed(make_cfg):
 
 
 def test_wandb_offline_run_is_written_and_finished(make_cfg):
-    cfg = make_cfg("trainer.max_steps=2", "trainer.val_check_interval=2", run="wb",
-                   base=["model=tiny", "debug=fast", "logger=default", "~callbacks.progress"])
+    cfg = make_cfg(
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        run="wb",
+        base=["model=tiny", "debug=fast", "logger=default", "~callbacks.progress"],
+    )
     with open_dict(cfg):
         cfg.tags = ["test"]
     run(cfg)

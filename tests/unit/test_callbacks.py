@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loralab.callbacks import MergeCheck, build_manifest, compare_logits, find_checkpoint, verify_frozen
+from loralab.callbacks import (
+    MergeCheck,
+    build_manifest,
+    compare_logits,
+    find_checkpoint,
+    verify_frozen,
+)
 from loralab.errors import ConfigError, FreezeError
 from loralab.module import LoraModule
 

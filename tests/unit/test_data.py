@@ -50,10 +50,14 @@ def test_without_chat_template_completion_ends_with_eos(tiny_tokenizer):
 
 
 def test_chat_format_trains_last_assistant_turn(tiny_tokenizer):
-    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-            {"role": "user", "content": "bye"}, {"role": "assistant", "content": "see you"}]
+    msgs = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "bye"},
+        {"role": "assistant", "content": "see you"},
+    ]
     enc = formatting.encode_chat(tiny_tokenizer, msgs, 256)
-    trained = tiny_tokenizer.decode([i for i, lab in zip(enc["input_ids"], enc["labels"]) if lab != -100])
+    trained = tiny_tokenizer.decode([i for i, lab in zip(enc["input_ids"], enc["labels"], strict=True) if lab != -100])
     assert trained.startswith("see you") and "hello" not in trained
 
 
@@ -92,8 +96,17 @@ def test_datamodule_local_jsonl_and_classification(tiny_tokenizer, tmp_path):
     path = tmp_path / "cls.jsonl"
     rows = [{"text": f"sample {i}", "label": ["pos", "neg"][i % 2]} for i in range(40)]
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    dm = _dm(tiny_tokenizer, tmp_path, source="local", train_file=str(path), format="classification",
-             num_train=None, num_val=None, builtin_task=None, val_fraction=0.25)
+    dm = _dm(
+        tiny_tokenizer,
+        tmp_path,
+        source="local",
+        train_file=str(path),
+        format="classification",
+        num_train=None,
+        num_val=None,
+        builtin_task=None,
+        val_fraction=0.25,
+    )
     assert dm.labels == ["neg", "pos"]
     assert dm.stats["train"]["examples"] == 30 and dm.stats["val"]["examples"] == 10
     assert next(iter(dm.val_dataloader()))["labels"].dim() == 1
@@ -104,7 +117,11 @@ def test_datamodule_local_jsonl_and_classification(tiny_tokenizer, tmp_path):
     [
         ('{"question": "a", "answer": "b"}\n' * 5, {}, "format prompt_completion needs"),
         ("", {}, "cannot read data|empty"),
-        ('{"prompt": "a", "completion": "b"}\n' * 5, {"max_length": 1}, "longer than data.max_length=1"),
+        (
+            '{"prompt": "a", "completion": "b"}\n' * 5,
+            {"max_length": 1},
+            "longer than data.max_length=1",
+        ),
         ('{"text": "a", "label": "x"}\n' * 5, {"format": "classification"}, "at least 2 labels"),
     ],
 )
@@ -112,5 +129,13 @@ def test_data_errors(tiny_tokenizer, tmp_path, content, kw, fragment):
     path = tmp_path / "bad.jsonl"
     path.write_text(content)
     with pytest.raises(DataError, match=fragment):
-        _dm(tiny_tokenizer, tmp_path, source="local", train_file=str(path), num_train=None,
-            num_val=None, builtin_task=None, **kw)
+        _dm(
+            tiny_tokenizer,
+            tmp_path,
+            source="local",
+            train_file=str(path),
+            num_train=None,
+            num_val=None,
+            builtin_task=None,
+            **kw,
+        )

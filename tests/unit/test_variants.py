@@ -39,15 +39,21 @@ def test_all_linear_skips_output_head(tiny_adapter):
 
 def test_explicit_targets_match_by_suffix(tiny_adapter):
     info, _ = tiny_adapter(target_modules=["q_proj"])
-    assert info.target_matches["q_proj"] == ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"]
+    assert info.target_matches["q_proj"] == [
+        "model.layers.0.self_attn.q_proj",
+        "model.layers.1.self_attn.q_proj",
+    ]
     assert [layer_of(n) for n in info.target_matches["q_proj"]] == ["0", "1"]
 
 
-@pytest.mark.parametrize("variant, fragment", [
-    ({"target_modules": ["q_proj", "qq_proj"]}, "'qq_proj' matches no module"),
-    ({"target_modules": "nothing.*"}, "matches no module"),
-    ({"modules_to_save": ["score_head"]}, "modules_to_save entry 'score_head'"),
-])
+@pytest.mark.parametrize(
+    "variant, fragment",
+    [
+        ({"target_modules": ["q_proj", "qq_proj"]}, "'qq_proj' matches no module"),
+        ({"target_modules": "nothing.*"}, "matches no module"),
+        ({"modules_to_save": ["score_head"]}, "modules_to_save entry 'score_head'"),
+    ],
+)
 def test_unmatched_patterns_fail(tiny_adapter, variant, fragment):
     with pytest.raises(FreezeError, match=fragment):
         tiny_adapter(**variant)

@@ -14,7 +14,6 @@ import json
 import random
 import shutil
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -128,8 +127,12 @@ class AdapterCheckpoint(pl.Callback):
             pl_module.model.save_pretrained(tmp)
             write_json(
                 tmp / META_FILE,
-                {"step": step, "epoch": trainer.current_epoch, "monitor": self.monitor,
-                 "value": None if value is None else float(value)},
+                {
+                    "step": step,
+                    "epoch": trainer.current_epoch,
+                    "monitor": self.monitor,
+                    "value": None if value is None else float(value),
+                },
             )
             shutil.rmtree(target, ignore_errors=True)
             tmp.rename(target)

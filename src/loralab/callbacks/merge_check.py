@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -75,7 +74,8 @@ class MergeCheck(pl.Callback):
         write_json(self.run_dir / "merge_report.json", self.report)
         for logger in trainer.loggers:
             logger.log_metrics(
-                {f"merge/{k}": float(v) for k, v in self.report["merged"].items()}, step=trainer.global_step
+                {f"merge/{k}": float(v) for k, v in self.report["merged"].items()},
+                step=trainer.global_step,
             )
         if not self.report["passed"]:
             raise MergeCheckError(self.report["message"])
@@ -105,6 +105,7 @@ class MergeCheck(pl.Callback):
             "merged": compare_logits(ref, _logits(merged_model, batch), mask),
         }
         if self.save_merged:
+
             def fill(tmp: Path) -> None:
                 merged_model.save_pretrained(tmp)
                 pl_module.tokenizer.save_pretrained(tmp)
@@ -113,8 +114,6 @@ class MergeCheck(pl.Callback):
             report["merged_dir"] = str(self.merged_dir)
             reloaded = self._reload(task, dtype).to(device).eval()
             report["reloaded"] = compare_logits(ref, _logits(reloaded, batch), mask)
-            del reloaded
-        del merged_model
         if was_training:
             peft_model.train()
         failures = [

@@ -6,7 +6,7 @@ the dataclasses, whose `__post_init__` checks values. Both happen before any mod
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -40,9 +40,7 @@ class LoraVariantConfig:
         if not self.alpha > 0:
             raise ConfigError(f"variant.alpha must be > 0, got {self.alpha!r}: set e.g. variant.alpha=16")
         if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(
-                f"variant.dropout must be in [0, 1), got {self.dropout!r}: set e.g. variant.dropout=0.05"
-            )
+            raise ConfigError(f"variant.dropout must be in [0, 1), got {self.dropout!r}: set e.g. variant.dropout=0.05")
         if self.bias not in BIASES:
             raise ConfigError(f"variant.bias must be one of {list(BIASES)}, got {self.bias!r}")
         self.target_modules = _as_targets(self.target_modules, "variant.target_modules")
@@ -70,8 +68,7 @@ def _as_targets(value: Any, key: str) -> str | list[str]:
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v for v in value):
         return list(value)
     raise ConfigError(
-        f"{key} must be a module name list, a regex or all-linear, got {value!r}: "
-        f"e.g. {key}=[q_proj,v_proj]"
+        f"{key} must be a module name list, a regex or all-linear, got {value!r}: e.g. {key}=[q_proj,v_proj]"
     )
 
 
@@ -140,8 +137,7 @@ class DataConfig:
                     raise ConfigError(f"data.{key} not found: {path}: check the path")
                 if Path(path).suffix.lower() not in LOCAL_SUFFIXES:
                     raise ConfigError(
-                        f"data.{key} {path} has an unsupported suffix: use one of "
-                        f"{sorted(LOCAL_SUFFIXES)}"
+                        f"data.{key} {path} has an unsupported suffix: use one of {sorted(LOCAL_SUFFIXES)}"
                     )
         elif self.source == "hub" and not self.hub_id:
             raise ConfigError("data.hub_id is not set: pass data.hub_id=org/dataset")
@@ -158,7 +154,6 @@ class ValidatedConfig:
 
     variant: Any
     data: DataConfig
-    extras: dict = field(default_factory=dict)
 
 
 def register_schemas() -> None:
@@ -173,9 +168,7 @@ def _build(schema: type, node: DictConfig, group: str) -> Any:
     known = {f.name for f in fields(schema)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(
-            f"unknown key(s) {unknown} in {group}: valid keys are {sorted(known)}"
-        )
+        raise ConfigError(f"unknown key(s) {unknown} in {group}: valid keys are {sorted(known)}")
     return schema(**data)
 
 

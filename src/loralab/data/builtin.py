@@ -26,23 +26,47 @@ WORDS = (
 TOPICS = {
     "sports": (
         ["The striker", "Our goalkeeper", "The coach", "The team captain", "A young sprinter"],
-        ["scored twice in the final", "trained hard before the match", "won the championship",
-         "broke the league record", "missed the penalty kick", "signed a new contract with the club"],
+        [
+            "scored twice in the final",
+            "trained hard before the match",
+            "won the championship",
+            "broke the league record",
+            "missed the penalty kick",
+            "signed a new contract with the club",
+        ],
     ),
     "weather": (
         ["The forecast", "This morning", "The storm", "A cold front", "The afternoon"],
-        ["brought heavy rain to the coast", "says snow is expected tonight", "was sunny and warm",
-         "will bring strong winds", "turned foggy near the hills", "stayed humid and cloudy"],
+        [
+            "brought heavy rain to the coast",
+            "says snow is expected tonight",
+            "was sunny and warm",
+            "will bring strong winds",
+            "turned foggy near the hills",
+            "stayed humid and cloudy",
+        ],
     ),
     "food": (
         ["The chef", "My grandmother", "The bakery", "This restaurant", "Our neighbour"],
-        ["baked fresh bread with garlic", "serves a spicy noodle soup", "made a chocolate cake",
-         "roasted vegetables with olive oil", "cooked rice with beans", "grilled fish with lemon"],
+        [
+            "baked fresh bread with garlic",
+            "serves a spicy noodle soup",
+            "made a chocolate cake",
+            "roasted vegetables with olive oil",
+            "cooked rice with beans",
+            "grilled fish with lemon",
+        ],
     ),
     "technology": (
         ["The new phone", "This laptop", "The software update", "Our server", "The startup"],
-        ["ships with a faster processor", "fixed a security bug", "runs the app on the cloud",
-         "added support for wireless charging", "crashed after the upgrade", "released an open source library"],
+        [
+            "ships with a faster processor",
+            "fixed a security bug",
+            "runs the app on the cloud",
+            "added support for wireless charging",
+            "crashed after the upgrade",
+            "released an open source library",
+        ],
     ),
 }
 

@@ -56,7 +56,10 @@ def _encode(example: dict, tokenizer: Any, cfg: DataConfig, label_ids: dict | No
     if cfg.format == "chat":
         return formatting.encode_chat(tokenizer, example[cfg.messages_column], cfg.max_length)
     return formatting.encode_classification(
-        tokenizer, str(example[cfg.text_column]), label_ids[str(example[cfg.label_column])], cfg.max_length
+        tokenizer,
+        str(example[cfg.text_column]),
+        label_ids[str(example[cfg.label_column])],
+        cfg.max_length,
     )
 
 
@@ -161,8 +164,15 @@ class LoraDataModule(pl.LightningDataModule):
         kwargs: dict = {"remove_columns": ds.column_names, "desc": f"tokenizing {split}"}
         if self.cache_dir is not None:
             settings = json.dumps(
-                [self.fingerprint, split, self._tokenizer_key(), self.cfg.format, self.cfg.max_length,
-                 self._required_columns(), label_ids],
+                [
+                    self.fingerprint,
+                    split,
+                    self._tokenizer_key(),
+                    self.cfg.format,
+                    self.cfg.max_length,
+                    self._required_columns(),
+                    label_ids,
+                ],
                 default=str,
             )
             key = hashlib.sha256(settings.encode()).hexdigest()[:20]
@@ -199,8 +209,7 @@ class LoraDataModule(pl.LightningDataModule):
                 encoded = encoded.select([i for i, k in enumerate(keep) if k])
             if len(encoded) == 0:
                 raise DataError(
-                    f"the {split} split is empty after formatting and truncation: check the data and "
-                    "data.max_length"
+                    f"the {split} split is empty after formatting and truncation: check the data and data.max_length"
                 )
             stats[split] = {
                 "examples": len(encoded),
@@ -212,7 +221,11 @@ class LoraDataModule(pl.LightningDataModule):
             if truncated:
                 log.warning(
                     "%d of %d %s examples were truncated to %d tokens (%d dropped: no completion left)",
-                    truncated, n, split, self.cfg.max_length, dropped,
+                    truncated,
+                    n,
+                    split,
+                    self.cfg.max_length,
+                    dropped,
                 )
             splits[split] = encoded
         self.train_set, self.val_set = splits["train"], splits["val"]
@@ -234,7 +247,10 @@ class LoraDataModule(pl.LightningDataModule):
             else:
                 reference = str(ex[self.cfg.completion_column])
             rows.append(
-                {"prompt_ids": enc["input_ids"][: enc["prompt_length"]], "reference": reference.strip()}
+                {
+                    "prompt_ids": enc["input_ids"][: enc["prompt_length"]],
+                    "reference": reference.strip(),
+                }
             )
         return rows
 

@@ -10,9 +10,7 @@ IGNORE_INDEX = -100
 
 def _split_chat(tokenizer: Any, prompt_messages: list[dict], answer: str) -> tuple[str, str]:
     """Prompt text (with the generation prompt) and the completion text the template appends."""
-    prompt_text = tokenizer.apply_chat_template(
-        prompt_messages, add_generation_prompt=True, tokenize=False
-    )
+    prompt_text = tokenizer.apply_chat_template(prompt_messages, add_generation_prompt=True, tokenize=False)
     full_text = tokenizer.apply_chat_template(
         prompt_messages + [{"role": "assistant", "content": answer}], tokenize=False
     )
@@ -44,9 +42,7 @@ def _encode_pair(tokenizer: Any, prompt: str, completion: str, max_length: int) 
 def encode_prompt_completion(tokenizer: Any, prompt: str, completion: str, max_length: int) -> dict:
     """Prompt/completion: the chat template is applied when the tokenizer has one."""
     if tokenizer.chat_template:
-        prompt_str, completion_str = _split_chat(
-            tokenizer, [{"role": "user", "content": prompt}], completion
-        )
+        prompt_str, completion_str = _split_chat(tokenizer, [{"role": "user", "content": prompt}], completion)
     else:
         prompt_str, completion_str = prompt, completion + (tokenizer.eos_token or "")
     return _encode_pair(tokenizer, prompt_str, completion_str, max_length)

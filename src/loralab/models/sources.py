@@ -34,9 +34,7 @@ def _finish_tokenizer(tokenizer: Any) -> Any:
     """Give the tokenizer a pad token (its eos) when it has none; padding is masked anyway."""
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise ModelError(
-                "the tokenizer has neither a pad nor an eos token: use a tokenizer that defines one"
-            )
+            raise ModelError("the tokenizer has neither a pad nor an eos token: use a tokenizer that defines one")
         log.info("tokenizer has no pad token; using its eos token %r for padding", tokenizer.eos_token)
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -129,7 +127,10 @@ class Pretrained(ModelSource):
         cls = _model_class(task)
         try:
             model = cls.from_pretrained(
-                self.name_or_path, dtype=_dtype(self.dtype), **self._kwargs(), **_task_kwargs(task, labels)
+                self.name_or_path,
+                dtype=_dtype(self.dtype),
+                **self._kwargs(),
+                **_task_kwargs(task, labels),
             )
         except OSError as exc:
             raise ModelError(
@@ -149,7 +150,12 @@ class PackagedGGUF(ModelSource):
     """
 
     def __init__(
-        self, package: str, filename: str, cache_dir: str, name: str | None = None, dtype: str = "float32"
+        self,
+        package: str,
+        filename: str,
+        cache_dir: str,
+        name: str | None = None,
+        dtype: str = "float32",
     ) -> None:
         self.package = package
         self.filename = filename
@@ -190,8 +196,10 @@ class PackagedGGUF(ModelSource):
         quantized = AutoModelForCausalLM.from_pretrained(self.package_dir, **gguf_kw)
         config_dict = quantized.config.to_dict()
         config_dict.pop("quantization_config", None)
-        config = AutoConfig.for_model(**{k: v for k, v in config_dict.items() if k != "model_type"},
-                                      model_type=config_dict["model_type"])
+        config = AutoConfig.for_model(
+            **{k: v for k, v in config_dict.items() if k != "model_type"},
+            model_type=config_dict["model_type"],
+        )
         model = AutoModelForCausalLM.from_config(config)
         model.load_state_dict(quantized.state_dict(), strict=True)
         self.cache_root.mkdir(parents=True, exist_ok=True)
@@ -223,7 +231,13 @@ class FromConfig(ModelSource):
     """An architecture with random weights built from a config dict (tiny test models,
     parameter accounting). The weights depend on the global seed."""
 
-    def __init__(self, config: dict, tokenizer: str = "tiny", name: str = "from_config", dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        config: dict,
+        tokenizer: str = "tiny",
+        name: str = "from_config",
+        dtype: str = "float32",
+    ) -> None:
         from omegaconf import OmegaConf
 
         self.config = OmegaConf.to_container(config) if OmegaConf.is_config(config) else dict(config)

@@ -16,8 +16,19 @@ from omegaconf import DictConfig, OmegaConf
 from loralab.io import write_json
 
 PACKAGES = (
-    "loralab", "torch", "lightning", "transformers", "peft", "datasets", "hydra-core",
-    "omegaconf", "wandb", "tokenizers", "safetensors", "numpy", "gguf",
+    "loralab",
+    "torch",
+    "lightning",
+    "transformers",
+    "peft",
+    "datasets",
+    "hydra-core",
+    "omegaconf",
+    "wandb",
+    "tokenizers",
+    "safetensors",
+    "numpy",
+    "gguf",
 )
 
 
@@ -34,6 +45,7 @@ def package_versions() -> dict[str, str | None]:
 
 def git_state(repo: Path) -> dict:
     """Commit and dirty flag of the source tree (and the diff when dirty)."""
+
     def run(*args: str) -> str | None:
         try:
             return subprocess.run(
@@ -46,7 +58,26 @@ def git_state(repo: Path) -> dict:
     if commit is None:
         return {"commit": None, "dirty": None, "diff": None}
     status = run("status", "--porcelain", "--untracked-files=no") or ""
-    return {"commit": commit.strip(), "dirty": bool(status.strip()), "diff": run("diff", "HEAD") if status.strip() else None}
+    return {
+        "commit": commit.strip(),
+        "dirty": bool(status.strip()),
+        "diff": run("diff", "HEAD") if status.strip() else None,
+    }
+
+
+def flat_config(cfg: DictConfig) -> dict:
+    """The resolved config as flat `a.b.c` keys, for logger config panels."""
+    out: dict = {}
+
+    def walk(node: object, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -54,13 +54,18 @@ def print_summary(summary: dict) -> None:
         table.add_row(key, _fmt(before.get(key)), _fmt(after.get(key)))
     trainable, total = summary.get("trainable_params"), summary.get("total_params")
     if trainable is not None and total:
-        table.add_row("trainable / total params", f"{trainable:,} / {total:,}", f"{100 * trainable / total:.3f}%")
+        table.add_row(
+            "trainable / total params",
+            f"{trainable:,} / {total:,}",
+            f"{100 * trainable / total:.3f}%",
+        )
     merge = summary.get("merge_passed")
     if merge is not None:
         table.add_row(
             "merge check",
             "passed" if merge else "FAILED",
-            f"max abs err {_fmt(summary.get('merge_max_abs_err'))} (reloaded {_fmt(summary.get('reload_max_abs_err'))})",
+            f"max abs err {_fmt(summary.get('merge_max_abs_err'))}"
+            f" (reloaded {_fmt(summary.get('reload_max_abs_err'))})",
         )
     table.add_row("tokens/s (train)", _fmt(summary.get("tokens_per_s")), "")
     table.add_row("peak memory (RSS MB)", _fmt(summary.get("peak_rss_mb")), "")

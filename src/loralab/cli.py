@@ -1,0 +1,54 @@
+"""Command-line plumbing: one-line errors for bad overrides, closing W&B whatever happens."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def one_line_error(message: str) -> str:
+    """Hydra's multi-line composition error as one line (search path and schema entries dropped)."""
+    parts: list[str] = []
+    for line in (raw.strip() for raw in message.splitlines()):
+        if line.startswith(("Config search path", "Set the environment variable")):
+            break
+        if not line or line.startswith(("_schema_", "full_key:", "object_type=", "reference_type=")):
+            continue
+        if parts and parts[-1].endswith(":"):
+            parts[-1] += " " + line
+        elif parts and parts[-1].startswith("Available options"):
+            parts[-1] += ", " + line
+        else:
+            parts.append(line.rstrip("."))
+    return "; ".join(parts)
+
+
+def precheck_composition(argv: list[str], conf_dir: str) -> None:
+    """Compose a single run once before Hydra does, so that an unknown option or key is reported
+    as one line. Multiruns, flags and hydra.* overrides are left to Hydra."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if os.environ.get("HYDRA_FULL_ERROR") == "1" or any(a.startswith("-") for a in argv):
+        return
+    overrides = [a for a in argv if not a.lstrip("+~").startswith("hydra.")]
+    try:
+        with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+            compose("train", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        cause = f"\n{exc.__cause__}" if exc.__cause__ else ""
+        print(f"loralab: error: {one_line_error(str(exc) + cause)}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def close_wandb(failed: bool) -> None:
+    """Finish the W&B run of this process, marking it failed when the run failed."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=1 if failed else 0)
