@@ -26,14 +26,21 @@ def wandb_logger(save_dir: str, **kwargs: Any) -> Any:
     """A Lightning WandbLogger; offline unless WANDB_MODE says otherwise or credentials exist."""
     from lightning.pytorch.loggers import WandbLogger
 
-    mode = os.environ.get("WANDB_MODE")
-    if mode is None:
-        mode = "online" if wandb_credentials_present() else "offline"
     os.environ.setdefault("WANDB_SILENT", "true")
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    if mode in ("offline", "dryrun"):
-        log.info(
-            "W&B is offline (no credentials): sync later with `wandb sync %s/wandb/offline-run-*`",
-            save_dir,
-        )
-    return WandbLogger(save_dir=save_dir, offline=mode in ("offline", "dryrun"), mode=mode, **kwargs)
+    mode = os.environ.get("WANDB_MODE")
+    # without credentials W&B would prompt for them: go offline instead; otherwise leave the
+    # choice to W&B's own settings (WANDB_MODE, `wandb offline`)
+    offline = mode in ("offline", "dryrun") or (mode is None and not wandb_credentials_present())
+    if offline:
+        log.info("W&B is offline (no credentials): sync later with `wandb sync %s/wandb/offline-run-*`", save_dir)
+    return WandbLogger(save_dir=save_dir, offline=offline, **kwargs)
+
+
+def attach_file(loggers: list, path: str | Path, base_dir: str | Path) -> None:
+    """Attach a run file (manifest, merge report) to the W&B run; other loggers have the run dir."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.save(str(path), base_path=str(base_dir), policy="now")

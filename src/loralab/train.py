@@ -79,7 +79,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         trainer.validate(module, datamodule=datamodule, verbose=False)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
 
-    summary = next(cb for cb in callbacks if hasattr(cb, "collect")).collect(trainer, module, "completed", None)
+    reporter = next((cb for cb in callbacks if hasattr(cb, "collect")), None)
+    summary = reporter.collect(trainer, module, "completed", None) if reporter else {"status": "completed"}
     return summary, {
         "trainer": trainer,
         "module": module,
@@ -106,7 +107,8 @@ def run(cfg: DictConfig) -> dict:
         raise
     finally:
         close_wandb(failed)
-    print_summary(summary)
+    if summary.get("run_dir") is None or int(os.environ.get("RANK", "0")) == 0:
+        print_summary(summary)
     return summary
 
 
@@ -114,10 +116,18 @@ def run(cfg: DictConfig) -> dict:
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         run(cfg)
-    except LoralabError as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as exc:
+        # objects built by hydra.utils.instantiate arrive wrapped in an InstantiationException
+        error = exc if isinstance(exc, LoralabError) else exc.__cause__
+        if not isinstance(error, LoralabError):
             raise
-        print(f"loralab: error: {exc}", file=sys.stderr)
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        # in a multirun the sweep records the failure and goes on to the next job
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        print(f"loralab: error: {error}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -64,6 +64,10 @@ CASES = {
         True,
     ),
     "every example too long": (["data.max_length=4"], "longer than data.max_length=4", True),
+    "required value missing": (["model=hub"], "model.name_or_path is required and not set", True),
+    "hub data without id": (["data=hub"], "pass data.hub_id=", True),
+    "invalid target regex": (["variant.target_modules='.*(q_proj'"], "is not a valid regex", True),
+    "wrong value type": (["variant.r=abc"], "could not be converted to Integer", True),
 }
 
 
@@ -75,10 +79,9 @@ def test_bad_input(tmp_path, name):
     assert fragment in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    if last.startswith("loralab: error:"):
-        assert fragment in last  # the whole message is one line
+    assert last.startswith("loralab: error:") and fragment in last  # the whole message is one line
     if before_model:
-        assert not (tmp_path / "run" / "freeze_manifest.json").exists()
+        assert not (tmp_path / "run" / "run_meta.json").exists()  # stopped before data and model
 
 
 def test_data_without_required_columns(tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import open_dict
+from safetensors.torch import load_file
 
 from loralab.train import run, train
 
@@ -117,6 +118,11 @@ def test_resume_continues_at_the_right_step(make_cfg, finished):
     summary, objects = train(cfg)
     assert summary["global_step"] == 6 and summary["status"] == "completed"
     assert not summary["before"]  # no "before" validation when continuing
+    # same data order, optimizer, scheduler and RNG as the uninterrupted run: the same adapter, bit for bit
+    resumed = load_file(Path(cfg.paths.run_dir) / "adapter" / "adapter_model.safetensors")
+    original = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    assert resumed.keys() == original.keys()
+    assert all(torch.equal(resumed[k], original[k]) for k in original)
     assert sorted(p.name for p in (Path(cfg.paths.run_dir) / "checkpoints").iterdir()) == ["step-0000006"]
 
 
@@ -182,3 +188,22 @@ def test_wandb_offline_run_is_written_and_finished(make_cfg):
     assert wandb.run is None  # finished
     runs = list((Path(cfg.paths.run_dir) / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    files = {p.name for p in (runs[0] / "files").iterdir()}
+    assert {"freeze_manifest.json", "merge_report.json"} <= files
+
+
+def test_merged_dir_is_a_model_source(finished, monkeypatch):
+    from loralab.models import Pretrained
+
+    _, _, objects, run_dir = finished
+    monkeypatch.setenv("HOME", str(run_dir))
+    source = Pretrained("~/merged")  # a local directory, written the way users write paths
+    model = source.load_model("causal_lm").eval()
+    batch = next(iter(objects["datamodule"].val_dataloader()))
+    module = objects["module"].eval()
+    with torch.no_grad():
+        ref = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        got = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    mask = batch["attention_mask"].bool()
+    assert (ref[mask] - got[mask]).abs().max() < 1e-4
+    assert source.load_tokenizer().pad_token_id == model.config.pad_token_id

@@ -11,6 +11,7 @@ and the best `save_top_k` by `monitor` are kept. At fit end the adapter goes to 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
 from pathlib import Path
@@ -21,6 +22,8 @@ import torch
 
 from loralab.errors import ConfigError
 from loralab.io import dir_bytes, write_dir, write_json
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "training_state.ckpt"
 META_FILE = "checkpoint.json"
@@ -52,7 +55,14 @@ def find_checkpoint(ckpt_path: str | None, resume: str | None, dirpath: str | Pa
         return str(path)
     if resume == "auto":
         found = list_checkpoints(dirpath)
-        return str(Path(found[-1]["path"]) / STATE_FILE) if found else None
+        if not found:
+            log.warning(
+                "resume=auto: no complete checkpoint under %s, starting from scratch (to continue an "
+                "earlier run, pass hydra.run.dir=<its run directory>)",
+                dirpath,
+            )
+            return None
+        return str(Path(found[-1]["path"]) / STATE_FILE)
     return None
 
 
@@ -93,11 +103,14 @@ class AdapterCheckpoint(pl.Callback):
 
     def state_dict(self) -> dict:
         np_state = np.random.get_state()
-        return {
+        state = {
             "rng_torch": torch.get_rng_state(),
             "rng_python": random.getstate(),
             "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
         }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if "rng_torch" in state:
@@ -105,6 +118,8 @@ class AdapterCheckpoint(pl.Callback):
             random.setstate(state["rng_python"])
             kind, keys, *rest = state["rng_numpy"]
             np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+        if "rng_cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
 
     # ---- saving -----------------------------------------------------------------------------
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -12,6 +12,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 
 from loralab.errors import FreezeError
 from loralab.io import write_json
+from loralab.loggers import attach_file
 from loralab.variants.registry import AdapterInfo
 from loralab.variants.targets import layer_of
 
@@ -97,7 +98,8 @@ class Freeze(pl.Callback):
     @rank_zero_only
     def _publish(self, trainer: pl.Trainer) -> None:
         if self.run_dir is not None:
-            write_json(self.run_dir / "freeze_manifest.json", self.manifest)
+            path = write_json(self.run_dir / "freeze_manifest.json", self.manifest)
+            attach_file(trainer.loggers, path, self.run_dir)
         flat = {
             "adapter/trainable_params": self.manifest["trainable_params"],
             "adapter/total_params": self.manifest["total_params"],

@@ -6,6 +6,7 @@ the dataclasses, whose `__post_init__` checks values. Both happen before any mod
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, List, Optional
@@ -64,6 +65,11 @@ def _as_targets(value: Any, key: str) -> str | list[str]:
     if OmegaConf.is_config(value):
         value = OmegaConf.to_container(value)
     if isinstance(value, str) and value.strip():
+        if value != "all-linear":
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ConfigError(f"{key}={value!r} is not a valid regex ({exc}): fix the pattern") from exc
         return value
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v for v in value):
         return list(value)
@@ -157,9 +163,13 @@ class ValidatedConfig:
 
 
 def register_schemas() -> None:
-    """Store the schemas so that YAML files in conf/variant and conf/data can extend them."""
+    """Store the schemas so that YAML files in conf/variant and conf/data can extend them
+    (`defaults: [_schema_<variant>]`); every registered variant stores its own."""
+    from loralab.variants.registry import registered_variants
+
     cs = ConfigStore.instance()
-    cs.store(group="variant", name="_schema_lora", node=LoraVariantConfig)
+    for spec in registered_variants():
+        cs.store(group="variant", name=f"_schema_{spec.name}", node=spec.schema)
     cs.store(group="data", name="_schema_data", node=DataConfig)
 
 
@@ -176,6 +186,10 @@ def validate(cfg: DictConfig) -> ValidatedConfig:
     """Check the variant and data groups; raise ConfigError with a one-line fix on bad values."""
     from loralab.variants import get_variant
 
+    missing = OmegaConf.missing_keys(cfg)
+    if missing:
+        key = sorted(missing)[0]
+        raise ConfigError(f"{key} is required and not set: pass {key}=...")
     spec = get_variant(cfg.variant.get("name"))
     variant = _build(spec.schema, cfg.variant, "variant")
     data = _build(DataConfig, cfg.data, "data")

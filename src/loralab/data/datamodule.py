@@ -11,7 +11,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from loralab.config.schemas import LOCAL_SUFFIXES, DataConfig
 from loralab.data import formatting
@@ -19,6 +19,8 @@ from loralab.data.builtin import generate
 from loralab.errors import DataError
 
 log = logging.getLogger(__name__)
+# a change to the formatting code must not reuse token caches made by the old code
+FORMAT_CODE = hashlib.sha256(Path(formatting.__file__).read_bytes()).hexdigest()[:12]
 
 
 class PadCollator:
@@ -43,6 +45,30 @@ class PadCollator:
             for i, ex in enumerate(examples):
                 labels[i, : len(ex["labels"])] = torch.tensor(ex["labels"])
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class ResumableRandomSampler(Sampler[int]):
+    """A seeded permutation per epoch that can start part-way through, so that a run resumed
+    mid-epoch sees the batches an uninterrupted run would have seen next."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this at every epoch start."""
+        self.epoch = epoch
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        skip, self.skip = self.skip, 0
+        return iter(order[skip:].tolist())
+
+    def __len__(self) -> int:
+        # the full epoch: Lightning counts a resumed epoch's batches from its restored batch index
+        return self.size
 
 
 def _encode(example: dict, tokenizer: Any, cfg: DataConfig, label_ids: dict | None) -> dict:
@@ -168,6 +194,7 @@ class LoraDataModule(pl.LightningDataModule):
                     self.fingerprint,
                     split,
                     self._tokenizer_key(),
+                    FORMAT_CODE,
                     self.cfg.format,
                     self.cfg.max_length,
                     self._required_columns(),
@@ -259,13 +286,20 @@ class LoraDataModule(pl.LightningDataModule):
         return PadCollator(self.tokenizer.pad_token_id, self.cfg.format == "classification")
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled with a generator seeded from data.seed: the order is part of the experiment."""
-        gen = torch.Generator().manual_seed(self.cfg.seed)
+        """Shuffled by data.seed (the order is part of the experiment); on resume it continues
+        where the checkpointed run was in its epoch."""
+        sampler = ResumableRandomSampler(len(self.train_set), self.cfg.seed)
+        trainer = self.trainer
+        if trainer is not None:
+            sampler.set_epoch(trainer.current_epoch)
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+            sampler.skip = min(done * self.cfg.train_batch_size, len(self.train_set))
         return DataLoader(
             self.train_set.with_format(columns=["input_ids", "labels"]),
             batch_size=self.cfg.train_batch_size,
-            shuffle=True,
-            generator=gen,
+            sampler=sampler,
+            # a generator of its own: creating the iterator must not draw from the global RNG
+            generator=torch.Generator().manual_seed(self.cfg.seed),
             collate_fn=self._collator(),
             num_workers=self.cfg.num_workers,
         )

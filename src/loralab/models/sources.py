@@ -78,6 +78,7 @@ class ModelSource:
         return {"name": self.name, "source": type(self).__name__, "dtype": self.dtype}
 
     def _after_load(self, model: torch.nn.Module, tokenizer_pad_id: int | None) -> torch.nn.Module:
+        """Classification heads find the last real token through config.pad_token_id."""
         if getattr(model.config, "pad_token_id", None) is None and tokenizer_pad_id is not None:
             model.config.pad_token_id = tokenizer_pad_id
         return model
@@ -96,6 +97,8 @@ class Pretrained(ModelSource):
     ) -> None:
         self.name_or_path = str(name_or_path)
         self.name = name or self.name_or_path
+        if self.name_or_path.startswith("~"):
+            self.name_or_path = str(Path(self.name_or_path).expanduser())
         self.revision = revision
         self.dtype = dtype
         self.trust_remote_code = trust_remote_code
@@ -136,7 +139,7 @@ class Pretrained(ModelSource):
             raise ModelError(
                 f"cannot load model {self.name_or_path!r} ({str(exc).splitlines()[0]}): check model.name_or_path"
             ) from exc
-        return model
+        return self._after_load(model, self.load_tokenizer().pad_token_id)
 
     def describe(self) -> dict:
         return {**super().describe(), "name_or_path": self.name_or_path, "revision": self.revision}
@@ -221,7 +224,8 @@ class PackagedGGUF(ModelSource):
 
     def load_model(self, task: str, labels: list[str] | None = None) -> torch.nn.Module:
         path = self.ensure_converted()
-        return _model_class(task).from_pretrained(path, dtype=_dtype(self.dtype), **_task_kwargs(task, labels))
+        model = _model_class(task).from_pretrained(path, dtype=_dtype(self.dtype), **_task_kwargs(task, labels))
+        return self._after_load(model, self.load_tokenizer().pad_token_id)
 
     def describe(self) -> dict:
         return {**super().describe(), "gguf": str(self.gguf_path), "cache": str(self.cache_path)}

@@ -1,8 +1,14 @@
-"""LoRA variants: strategies chosen by name from a registry (one module + one YAML each)."""
+"""LoRA variants: strategies chosen by name from a registry. Adding one is one module here
+(which calls `register_variant`) plus one YAML in conf/variant/."""
+
+import importlib
+import pkgutil
 
 from loralab.variants.registry import AdapterInfo, VariantSpec, get_variant, register_variant
 
-# importing the modules registers their variants
-from loralab.variants import lora  # noqa: E402,F401  isort: skip
+_INFRASTRUCTURE = {"registry", "targets"}
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in _INFRASTRUCTURE:
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["AdapterInfo", "VariantSpec", "get_variant", "register_variant"]

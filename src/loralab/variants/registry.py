@@ -46,6 +46,13 @@ def register_variant(spec: VariantSpec) -> VariantSpec:
     return spec
 
 
+def registered_variants() -> list[VariantSpec]:
+    """Every registered variant (importing loralab.variants registers the built-in ones)."""
+    import loralab.variants  # noqa: F401
+
+    return list(_REGISTRY.values())
+
+
 def get_variant(name: str | None) -> VariantSpec:
     """The variant registered as `name`."""
     if name not in _REGISTRY:

@@ -12,10 +12,13 @@ OUTPUT_HEADS = ("lm_head", "score", "classifier")
 
 
 def _linear_names(model: nn.Module) -> list[str]:
+    from transformers.pytorch_utils import Conv1D
+
     out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     names = []
     for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or module is out_emb:
+        # GPT-2 style models use transformers' Conv1D as their linear layer
+        if not isinstance(module, (nn.Linear, Conv1D)) or module is out_emb:
             continue
         if name.split(".")[-1] in OUTPUT_HEADS:
             continue
