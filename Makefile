@@ -28,7 +28,9 @@ train: $(STAMP)  ## run the default experiment (SmolLM2-135M, dates task, LoRA)
 	$(BIN)/loralab-train $(ARGS)
 
 test: $(STAMP)  ## run the test suite (CPU; includes one smoke test of the real model)
-	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+	@# pytest's exit code 5 means it collected no test: that is a failure, not a pass
+	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 test-all: $(STAMP)  ## every test, GPU ones included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
