@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +180,7 @@ class LoraDataModule(pl.LightningDataModule):
         self.labels = labels
         return {name: i for i, name in enumerate(labels)}
 
+    @cached_property
     def _tokenizer_key(self) -> str:
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         text = backend.to_str() if backend is not None else repr(self.tokenizer.get_vocab())
@@ -193,7 +194,7 @@ class LoraDataModule(pl.LightningDataModule):
                 [
                     self.fingerprint,
                     split,
-                    self._tokenizer_key(),
+                    self._tokenizer_key,
                     FORMAT_CODE,
                     self.cfg.format,
                     self.cfg.max_length,

@@ -65,8 +65,15 @@ class ModelSource:
     dtype: str = "float32"
     trust_remote_code: bool = False
 
+    _tokenizer: Any = None
+
     def load_tokenizer(self) -> Any:
-        """The tokenizer, with a pad token."""
+        """The tokenizer, with a pad token (loaded once per source)."""
+        if self._tokenizer is None:
+            self._tokenizer = _finish_tokenizer(self._load_tokenizer())
+        return self._tokenizer
+
+    def _load_tokenizer(self) -> Any:
         raise NotImplementedError
 
     def load_model(self, task: str, labels: list[str] | None = None) -> torch.nn.Module:
@@ -114,7 +121,7 @@ class Pretrained(ModelSource):
     def _kwargs(self) -> dict:
         return {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
 
-    def load_tokenizer(self) -> Any:
+    def _load_tokenizer(self) -> Any:
         from transformers import AutoTokenizer
 
         try:
@@ -124,7 +131,7 @@ class Pretrained(ModelSource):
                 f"cannot load a tokenizer from {self.name_or_path!r} ({str(exc).splitlines()[0]}): "
                 "check model.name_or_path, or go online / use a local directory"
             ) from exc
-        return _finish_tokenizer(tok)
+        return tok
 
     def load_model(self, task: str, labels: list[str] | None = None) -> torch.nn.Module:
         cls = _model_class(task)
@@ -217,10 +224,10 @@ class PackagedGGUF(ModelSource):
             shutil.rmtree(tmp, ignore_errors=True)
         return target
 
-    def load_tokenizer(self) -> Any:
+    def _load_tokenizer(self) -> Any:
         from transformers import AutoTokenizer
 
-        return _finish_tokenizer(AutoTokenizer.from_pretrained(self.ensure_converted()))
+        return AutoTokenizer.from_pretrained(self.ensure_converted())
 
     def load_model(self, task: str, labels: list[str] | None = None) -> torch.nn.Module:
         path = self.ensure_converted()
@@ -252,11 +259,11 @@ class FromConfig(ModelSource):
         self.dtype = dtype
         _dtype(dtype)
 
-    def load_tokenizer(self) -> Any:
+    def _load_tokenizer(self) -> Any:
         from transformers import AutoTokenizer
 
         ref = TINY_TOKENIZER_DIR if self.tokenizer_ref == "tiny" else self.tokenizer_ref
-        return _finish_tokenizer(AutoTokenizer.from_pretrained(ref))
+        return AutoTokenizer.from_pretrained(ref)
 
     def load_model(self, task: str, labels: list[str] | None = None) -> torch.nn.Module:
         from transformers import AutoConfig
