@@ -56,7 +56,12 @@ class LoraModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.model(**batch).loss
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        groups = self.trainer.optimizers[0].param_groups
+        self.log("train/lr", groups[0]["lr"])
+        # variants with several groups (LoRA+) name them: each group's rate is logged
+        for group in groups:
+            if "name" in group and group["params"]:
+                self.log(f"train/lr/{group['name']}", group["lr"])
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
@@ -133,8 +138,7 @@ class LoraModule(pl.LightningModule):
 
     # ---- optimizer ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        optimizer = self.adapter.make_optimizer(self.optimizer_factory)
         if self.scheduler_factory is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)

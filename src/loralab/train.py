@@ -36,6 +36,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     from loralab.module import LoraModule
     from loralab.reporting.run_meta import flat_config, write_run_meta
     from loralab.variants import get_variant
+    from loralab.variants.registry import BuildContext
 
     # Lightning adds console handlers of its own when imported; Hydra's handlers already print
     # (and write train.log), so let its records go there once
@@ -61,7 +62,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     write_run_meta(run_dir, cfg, source.describe(), datamodule.describe())
 
     base = source.load_model(typed.data.task, datamodule.labels)  # 3. model + variant
-    adapter = get_variant(typed.variant.name).build(base, typed.variant, typed.data.task)
+    context = BuildContext(datamodule, run_dir, Path(ckpt).parent if ckpt else None, cfg.seed)
+    adapter = get_variant(typed.variant.name).build(base, typed.variant, typed.data.task, context)
+    callbacks = [*adapter.callbacks, *callbacks]
     module = LoraModule(
         adapter,
         tokenizer,

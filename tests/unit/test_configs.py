@@ -33,6 +33,7 @@ def options(group: str) -> list[str]:
 )
 def test_every_option_composes(make_cfg, group, tmp_path):
     required = {
+        "optimizer/lorafa": ["variant=lora_fa"],  # peft's LoRA-FA optimizer fits LoRA-FA only
         "model/hub": ["model.name_or_path=org/some-model"],
         "data/local": [f"data.train_file={tmp_path / 'd.jsonl'}"],
         "data/hub": ["data.hub_id=org/some-data"],

@@ -2,6 +2,7 @@
 
 checkpoints/step-0000030/
     adapter_config.json, adapter_model.safetensors   (peft: PeftModel.from_pretrained reads them)
+    variant.json          (the variant's own facts, where it has any)
     training_state.ckpt   (trainable tensors, optimizer, scheduler, loop progress, RNG states)
     checkpoint.json       (step, monitored metric)
 Each directory is written under a temporary name and renamed when complete. The newest one
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "training_state.ckpt"
 META_FILE = "checkpoint.json"
+# the variant's own facts at that step (LoRA-drop's selection: read back on resume)
+VARIANT_FILE = "variant.json"
 
 
 def _complete(path: Path) -> bool:
@@ -137,9 +140,11 @@ class AdapterCheckpoint(pl.Callback):
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         trainer.strategy.barrier()
-        trainer.save_checkpoint(tmp / STATE_FILE)  # collective; rank 0 writes
+        trainer.save_checkpoint(tmp / STATE_FILE, weights_only=False)  # collective; rank 0 writes
         if trainer.is_global_zero:
-            pl_module.model.save_pretrained(tmp)
+            pl_module.adapter.save(tmp)
+            if pl_module.adapter.facts:
+                write_json(tmp / VARIANT_FILE, pl_module.adapter.facts)
             write_json(
                 tmp / META_FILE,
                 {
@@ -179,7 +184,7 @@ class AdapterCheckpoint(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        write_dir(self.final_dir, pl_module.model.save_pretrained)
+        write_dir(self.final_dir, pl_module.adapter.save)
         self.adapter_bytes = dir_bytes(self.final_dir)
 
     def summary_fields(self) -> dict:

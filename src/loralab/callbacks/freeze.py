@@ -64,10 +64,13 @@ def verify_frozen(info: AdapterInfo, optimizers: list[Any] | None = None) -> Non
         owner = {id(p): n for n, p in named}
         for opt in optimizers:
             for group in opt.param_groups:
+                # tensors an optimizer reads but never updates (LoRA-FA's frozen A), and says so
+                read_only = set(group.get("frozen_inputs", ()))
                 leaked += [
                     owner.get(id(p), "<unknown>")
                     for p in group["params"]
                     if not info.is_trainable(owner.get(id(p), ""))
+                    and not (owner.get(id(p)) in read_only and not p.requires_grad)
                 ]
     if leaked:
         leaked = sorted(set(leaked))

@@ -46,6 +46,7 @@ class RunSummary(pl.Callback):
             "after_step": self.after_step,
             "final_train_loss": None if train_loss is None else float(train_loss),
             **fields,
+            "variant": pl_module.adapter.facts,
             "tokens_per_s": pl_module.tokens_seen / pl_module.train_seconds if pl_module.train_seconds else None,
             "train_tokens": pl_module.tokens_seen,
             "train_seconds": pl_module.train_seconds,

@@ -19,12 +19,14 @@ from loralab.errors import ConfigError
 BIASES = ("none", "all", "lora_only")
 SOURCES = ("builtin", "local", "hub")
 FORMATS = ("prompt_completion", "chat", "classification")
+LORAFA_OPTIMIZER = "loralab.optim.lorafa"
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
 @dataclass
-class LoraVariantConfig:
-    """Vanilla LoRA: rank, alpha, dropout, targets, bias and extra trainable modules."""
+class AdapterVariantConfig:
+    """What every variant has: rank, alpha, dropout, targets, bias and extra trainable modules.
+    (Keys common to all variants keep grids like `variant=lora,vera variant.r=4,8` composable.)"""
 
     name: str = "lora"
     r: int = 8
@@ -33,7 +35,6 @@ class LoraVariantConfig:
     target_modules: Any = "all-linear"
     bias: str = "none"
     modules_to_save: Any = None
-    init_lora_weights: Any = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
@@ -49,15 +50,25 @@ class LoraVariantConfig:
             self.modules_to_save = _as_targets(self.modules_to_save, "variant.modules_to_save")
             if isinstance(self.modules_to_save, str):
                 self.modules_to_save = [self.modules_to_save]
-        if self.init_lora_weights not in (True, False, "gaussian"):
-            raise ConfigError(
-                f"variant.init_lora_weights must be true, false or gaussian, got {self.init_lora_weights!r}"
-            )
 
     @property
     def scaling(self) -> float:
         """The factor s in W0 + s·B·A."""
         return self.alpha / self.r
+
+
+@dataclass
+class LoraVariantConfig(AdapterVariantConfig):
+    """Vanilla LoRA (and the variants that are LoRA with other flags): adds peft's initialisation."""
+
+    init_lora_weights: Any = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.init_lora_weights not in (True, False, "gaussian"):
+            raise ConfigError(
+                f"variant.init_lora_weights must be true, false or gaussian, got {self.init_lora_weights!r}"
+            )
 
 
 def _as_targets(value: Any, key: str) -> str | list[str]:
@@ -198,4 +209,12 @@ def validate(cfg: DictConfig) -> ValidatedConfig:
         raise ConfigError(f"seed must be an integer, got {seed!r}")
     if cfg.get("resume") not in (None, "auto"):
         raise ConfigError(f"resume must be auto or null, got {cfg.resume!r}: use ckpt_path=... for a path")
+    optimizer = (cfg.get("optimizer") or {}).get("_target_", "")
+    if optimizer == LORAFA_OPTIMIZER and spec.name != "lora_fa":
+        raise ConfigError(
+            f"optimizer=lorafa trains B with A frozen and pairs each lora_A with its lora_B; it does not fit "
+            f"variant={spec.name}: use variant=lora_fa, or optimizer=adamw"
+        )
+    if spec.check is not None:
+        spec.check(variant, cfg)
     return ValidatedConfig(variant=variant, data=data)

@@ -283,7 +283,8 @@ class LoraDataModule(pl.LightningDataModule):
         return rows
 
     # ---- loaders -------------------------------------------------------------------------
-    def _collator(self) -> PadCollator:
+    def collator(self) -> PadCollator:
+        """The padding collator the loaders use."""
         return PadCollator(self.tokenizer.pad_token_id, self.cfg.format == "classification")
 
     def train_dataloader(self) -> DataLoader:
@@ -301,7 +302,7 @@ class LoraDataModule(pl.LightningDataModule):
             sampler=sampler,
             # a generator of its own: creating the iterator must not draw from the global RNG
             generator=torch.Generator().manual_seed(self.cfg.seed),
-            collate_fn=self._collator(),
+            collate_fn=self.collator(),
             num_workers=self.cfg.num_workers,
         )
 
@@ -310,7 +311,7 @@ class LoraDataModule(pl.LightningDataModule):
             self.val_set.with_format(columns=["input_ids", "labels"]),
             batch_size=self.cfg.eval_batch_size,
             shuffle=False,
-            collate_fn=self._collator(),
+            collate_fn=self.collator(),
             num_workers=self.cfg.num_workers,
         )
 

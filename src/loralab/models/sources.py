@@ -240,7 +240,8 @@ class PackagedGGUF(ModelSource):
 
 class FromConfig(ModelSource):
     """An architecture with random weights built from a config dict (tiny test models,
-    parameter accounting). The weights depend on the global seed."""
+    parameter accounting). With `seed` set the weights are drawn from it (the same base for
+    every run, like a pretrained one); with seed null they depend on the global seed."""
 
     def __init__(
         self,
@@ -248,6 +249,7 @@ class FromConfig(ModelSource):
         tokenizer: str = "tiny",
         name: str = "from_config",
         dtype: str = "float32",
+        seed: int | None = None,
     ) -> None:
         from omegaconf import OmegaConf
 
@@ -257,6 +259,7 @@ class FromConfig(ModelSource):
         self.tokenizer_ref = tokenizer
         self.name = name
         self.dtype = dtype
+        self.seed = seed
         _dtype(dtype)
 
     def _load_tokenizer(self) -> Any:
@@ -276,8 +279,11 @@ class FromConfig(ModelSource):
         values.setdefault("bos_token_id", tokenizer.bos_token_id)
         values.setdefault("eos_token_id", tokenizer.eos_token_id)
         config = AutoConfig.for_model(model_type, **values, **_task_kwargs(task, labels))
-        model = _model_class(task).from_config(config, dtype=_dtype(self.dtype))
-        return model
+        if self.seed is None:
+            return _model_class(task).from_config(config, dtype=_dtype(self.dtype))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return _model_class(task).from_config(config, dtype=_dtype(self.dtype))
 
     def describe(self) -> dict:
-        return {**super().describe(), "config": self.config, "tokenizer": str(self.tokenizer_ref)}
+        return {**super().describe(), "config": self.config, "tokenizer": str(self.tokenizer_ref), "seed": self.seed}

@@ -1,19 +1,25 @@
-"""Vanilla LoRA through peft's LoraConfig."""
+"""Vanilla LoRA through peft's LoraConfig, and the variants that are LoRA with one of peft's flags:
+rsLoRA (s = α/√r) and DoRA (a trained magnitude per output row)."""
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
 
 from loralab.config.schemas import LoraVariantConfig
 from loralab.errors import FreezeError
-from loralab.variants.registry import AdapterInfo, VariantSpec, register_variant
+from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
 from loralab.variants.targets import match_modules_to_save, match_targets
 
 PEFT_TASKS = {"causal_lm": TaskType.CAUSAL_LM, "seq_cls": TaskType.SEQ_CLS}
-_ADAPTER_PARAM = re.compile(r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)\.|\.modules_to_save\.")
+_ADAPTER_PARAM = re.compile(
+    r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)\.|\.modules_to_save\."
+)
 
 
 def check_matches(target_matches: dict, save_matches: dict) -> None:
@@ -31,32 +37,34 @@ def check_matches(target_matches: dict, save_matches: dict) -> None:
             )
 
 
-def lora_config(cfg: LoraVariantConfig, task: str, **overrides: object) -> LoraConfig:
+def lora_config(cfg: LoraVariantConfig, task: str, **overrides: Any) -> LoraConfig:
     """peft's LoraConfig for our schema (variants built on LoRA pass their own flags)."""
-    return LoraConfig(
-        r=cfg.r,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=cfg.target_modules,
-        bias=cfg.bias,
-        modules_to_save=cfg.modules_to_save,
-        init_lora_weights=cfg.init_lora_weights,
-        task_type=PEFT_TASKS[task],
-        **overrides,
-    )
+    kwargs: dict[str, Any] = {
+        "r": cfg.r,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "target_modules": cfg.target_modules,
+        "bias": cfg.bias,
+        "modules_to_save": cfg.modules_to_save,
+        "init_lora_weights": cfg.init_lora_weights,
+        "task_type": PEFT_TASKS[task],
+    }
+    return LoraConfig(**{**kwargs, **overrides})
 
 
-def build(model: torch.nn.Module, cfg: LoraVariantConfig, task: str) -> AdapterInfo:
-    """Check the targets, then wrap the model with a peft LoRA adapter."""
+def build_lora(
+    model: torch.nn.Module, cfg: LoraVariantConfig, task: str, spec: VariantSpec, **flags: Any
+) -> AdapterInfo:
+    """Check the targets, then wrap the model with a peft LoRA adapter built with `flags`."""
     targets = match_targets(model, cfg.target_modules)
     saves = match_modules_to_save(model, cfg.modules_to_save)
     check_matches(targets, saves)
-    peft_model = get_peft_model(model, lora_config(cfg, task))
-    return AdapterInfo(peft_model, SPEC, cfg, task, targets, saves)
+    peft_model = get_peft_model(model, lora_config(cfg, task, **flags))
+    return AdapterInfo(peft_model, spec, cfg, task, targets, saves)
 
 
 def is_trainable(name: str, cfg: LoraVariantConfig) -> bool:
-    """LoRA A/B, modules_to_save copies, and biases as `bias` says."""
+    """LoRA A/B (and DoRA's magnitude), modules_to_save copies, and biases as `bias` says."""
     if _ADAPTER_PARAM.search(name):
         return True
     if name.endswith(".bias"):
@@ -64,4 +72,48 @@ def is_trainable(name: str, cfg: LoraVariantConfig) -> bool:
     return False
 
 
+def build(
+    model: torch.nn.Module, cfg: LoraVariantConfig, task: str, context: BuildContext | None = None
+) -> AdapterInfo:
+    """Vanilla LoRA."""
+    return build_lora(model, cfg, task, SPEC)
+
+
 SPEC = register_variant(VariantSpec("lora", LoraVariantConfig, build, is_trainable))
+
+
+@dataclass
+class RsLoraConfig(LoraVariantConfig):
+    """rsLoRA: LoRA with s = α/√r, so that the update's scale does not shrink as r grows."""
+
+    name: str = "rslora"
+
+    @property
+    def scaling(self) -> float:
+        """The factor s in W0 + s·B·A."""
+        return self.alpha / math.sqrt(self.r)
+
+
+def build_rslora(
+    model: torch.nn.Module, cfg: RsLoraConfig, task: str, context: BuildContext | None = None
+) -> AdapterInfo:
+    """peft LoRA with use_rslora=True."""
+    return build_lora(model, cfg, task, RSLORA, use_rslora=True)
+
+
+RSLORA = register_variant(VariantSpec("rslora", RsLoraConfig, build_rslora, is_trainable))
+
+
+@dataclass
+class DoraConfig(LoraVariantConfig):
+    """DoRA: the LoRA direction plus a trained magnitude m per output row (m = ‖W0‖ rows at init)."""
+
+    name: str = "dora"
+
+
+def build_dora(model: torch.nn.Module, cfg: DoraConfig, task: str, context: BuildContext | None = None) -> AdapterInfo:
+    """peft LoRA with use_dora=True."""
+    return build_lora(model, cfg, task, DORA, use_dora=True)
+
+
+DORA = register_variant(VariantSpec("dora", DoraConfig, build_dora, is_trainable))

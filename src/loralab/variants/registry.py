@@ -1,14 +1,27 @@
-"""The variant registry: a name maps to its schema, its builder and its trainable-parameter rule."""
+"""The variant registry: a name maps to its schema, its builder, its trainable-parameter rule and,
+where the variant needs them, its own cross-config checks and optimizer."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from loralab.errors import ConfigError
+
+
+@dataclass
+class BuildContext:
+    """What a builder may use besides the model: the data (LoRA-drop's first stage trains on a
+    sample of it), the run directory, and the checkpoint directory a resumed run starts from."""
+
+    datamodule: Any = None
+    run_dir: Path | None = None
+    resume_dir: Path | None = None
+    seed: int = 0
 
 
 @dataclass
@@ -21,20 +34,50 @@ class AdapterInfo:
     task: str
     target_matches: dict[str, list[str]]
     modules_to_save_matches: dict[str, list[str]] = field(default_factory=dict)
+    # the variant's own facts for summary.json and every checkpoint (variant.json)
+    facts: dict = field(default_factory=dict)
+    # callbacks the variant needs during fit (Delta-LoRA's weight update)
+    callbacks: list = field(default_factory=list)
+    # writes the adapter in peft's format into a directory; None: model.save_pretrained
+    save_adapter: Callable[[Path], None] | None = None
 
     def is_trainable(self, param_name: str) -> bool:
         """Whether this parameter belongs to the adapter (or modules_to_save)."""
         return self.spec.is_trainable(param_name, self.cfg)
 
+    def save(self, directory: str | Path) -> None:
+        """Write an adapter that plain peft loads (`PeftModel.from_pretrained`) into `directory`."""
+        if self.save_adapter is not None:
+            self.save_adapter(Path(directory))
+        else:
+            self.model.save_pretrained(str(directory))
+
+    def make_optimizer(self, factory: Callable[..., torch.optim.Optimizer]) -> torch.optim.Optimizer:
+        """The optimizer from the config's partial: the variant's own grouping where it has one."""
+        if self.spec.make_optimizer is not None:
+            return self.spec.make_optimizer(self, factory)
+        return default_optimizer(self.model, factory)
+
+
+def default_optimizer(model: torch.nn.Module, factory: Callable[..., torch.optim.Optimizer]) -> torch.optim.Optimizer:
+    """The optimizer over the trainable parameters; factories marked `takes_model` get the model."""
+    if getattr(getattr(factory, "func", factory), "takes_model", False):
+        return factory(model)
+    return factory([p for p in model.parameters() if p.requires_grad])
+
 
 @dataclass
 class VariantSpec:
-    """A variant: its config schema, how to apply it, and which parameters it trains."""
+    """A variant: its config schema, how to apply it, and which parameters it trains.
+    `check(variant_cfg, full_cfg)` refuses bad combinations with other groups before anything
+    loads; `make_optimizer(adapter, factory)` builds the variant's parameter groups."""
 
     name: str
     schema: type
-    build: Callable[[torch.nn.Module, Any, str], AdapterInfo]
+    build: Callable[[torch.nn.Module, Any, str, BuildContext], AdapterInfo]
     is_trainable: Callable[[str, Any], bool]
+    check: Callable[[Any, Any], None] | None = None
+    make_optimizer: Callable[[AdapterInfo, Callable[..., torch.optim.Optimizer]], torch.optim.Optimizer] | None = None
 
 
 _REGISTRY: dict[str, VariantSpec] = {}
@@ -55,6 +98,8 @@ def registered_variants() -> list[VariantSpec]:
 
 def get_variant(name: str | None) -> VariantSpec:
     """The variant registered as `name`."""
+    import loralab.variants  # noqa: F401
+
     if name not in _REGISTRY:
         raise ConfigError(f"unknown variant {name!r}: choose variant= one of {sorted(_REGISTRY)}")
     return _REGISTRY[name]

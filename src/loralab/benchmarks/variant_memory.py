@@ -1,0 +1,148 @@
+"""Training-step memory per variant at the same r and batch, against LoRA (`make bench`).
+
+Each variant runs in its own process (peak RSS is per process): load the model, build the variant,
+take one warm-up step, reset the kernel's peak-RSS counter, then time and measure `--steps`
+optimizer steps on one fixed batch. Two figures per variant:
+- activation bytes autograd keeps for the backward pass (tensors saved by the forward, frozen
+  weights excluded), counted exactly with `torch.autograd.graph.saved_tensors_hooks`;
+- peak RSS above the resident size before the measured steps (/proc/self/status VmHWM - VmRSS).
+
+python -m loralab.benchmarks.variant_memory                      # default model, batch 8
+python -m loralab.benchmarks.variant_memory model=tiny --variants lora,lora_fa
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VARIANTS = [
+    "lora",
+    "lora_fa",
+    "lora_fa+lorafa",
+    "vera",
+    "lora_drop",
+    "dora",
+    "rslora",
+    "pissa",
+    "loraplus",
+    "delta_lora",
+]
+
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def measure(case: str, overrides: list[str], r: int, steps: int) -> dict:
+    """Build `case` (variant[+optimizer]) on the configured model and measure training steps."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from loralab.config import register_schemas, validate
+    from loralab.data.datamodule import LoraDataModule
+    from loralab.train import CONF_DIR
+    from loralab.variants import get_variant
+    from loralab.variants.registry import BuildContext
+
+    variant, _, optimizer = case.partition("+")
+    extra = [f"optimizer={optimizer}"] if optimizer else []
+    if variant == "lora_drop":
+        extra.append("variant.stage1_steps=2")
+    register_schemas()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"variant={variant}", f"variant.r={r}", *extra, *overrides])
+    typed = validate(cfg)
+    torch.manual_seed(cfg.seed)
+    source = instantiate(cfg.model)
+    datamodule = LoraDataModule(typed.data, source.load_tokenizer(), cache_dir=cfg.paths.cache_dir)
+    datamodule.setup("fit")
+    model = source.load_model(typed.data.task, datamodule.labels)
+    adapter = get_variant(variant).build(model, typed.variant, typed.data.task, BuildContext(datamodule, seed=cfg.seed))
+    for name, param in adapter.model.named_parameters():
+        param.requires_grad_(adapter.is_trainable(name))
+    optimizer_obj = adapter.make_optimizer(instantiate(cfg.optimizer))
+    batch = next(iter(datamodule.train_dataloader()))
+    model = adapter.model.train()
+    frozen = {p.data_ptr() for p in model.parameters()} | {b.data_ptr() for b in model.buffers()}
+
+    def step(count_saved: dict | None = None) -> None:
+        if count_saved is None:
+            loss = model(**batch).loss
+        else:
+
+            def pack(t):
+                storage = t.untyped_storage()
+                if t.data_ptr() not in frozen and storage.data_ptr() not in frozen:
+                    count_saved[storage.data_ptr()] = storage.nbytes()
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                loss = model(**batch).loss
+        loss.backward()
+        optimizer_obj.step()
+        optimizer_obj.zero_grad(set_to_none=True)
+
+    step()  # warm-up: optimizer state allocated, allocator pools filled
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    baseline = _status_kb("VmRSS")
+    saved: dict[int, int] = {}
+    started = time.perf_counter()
+    step(saved)
+    for _ in range(steps - 1):
+        step()
+    seconds = (time.perf_counter() - started) / steps
+    return {
+        "case": case,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "saved_activation_mb": sum(saved.values()) / 2**20,
+        "peak_rss_over_baseline_mb": (_status_kb("VmHWM") - baseline) / 1024,
+        "seconds_per_step": seconds,
+        "batch_tokens": int(batch["attention_mask"].sum()),
+        "batch_shape": list(batch["input_ids"].shape),
+    }
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run every case in its own process and print the table with ratios against LoRA."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model=tiny data=word_sort")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--r", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(measure(args.one, args.overrides, args.r, args.steps)))
+        return []
+    rows = []
+    for case in args.variants.split(","):
+        cmd = [sys.executable, "-m", __name__, "--one", case, "--r", str(args.r), "--steps", str(args.steps)]
+        done = subprocess.run([*cmd, *args.overrides], capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"{case}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+            continue
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    base = next((r for r in rows if r["case"] == "lora"), rows[0] if rows else None)
+    print(f"r={args.r}, batch {rows[0]['batch_shape'] if rows else '-'}, overrides {args.overrides or 'none'}")
+    print("| variant | trainable | saved activations (MB) | vs lora | peak RSS over baseline (MB) | vs lora | s/step |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['case']} | {r['trainable_params']:,} | {r['saved_activation_mb']:.1f} | "
+            f"{r['saved_activation_mb'] / base['saved_activation_mb']:.3f} | {r['peak_rss_over_baseline_mb']:.1f} | "
+            f"{r['peak_rss_over_baseline_mb'] / base['peak_rss_over_baseline_mb']:.3f} | {r['seconds_per_step']:.2f} |"
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""LoRA-FA: A is drawn at random and frozen, only B trains. With `optimizer=adamw` B gets plain AdamW;
+with `optimizer=lorafa` peft's LoRA-FA optimizer projects B's gradient through (A·Aᵀ)⁻¹."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from loralab.config.schemas import LoraVariantConfig
+from loralab.variants.lora import build_lora
+from loralab.variants.lora import is_trainable as lora_trainable
+from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
+
+
+@dataclass
+class LoraFAConfig(LoraVariantConfig):
+    """LoRA with A frozen after its random initialisation."""
+
+    name: str = "lora_fa"
+
+
+def build(model: torch.nn.Module, cfg: LoraFAConfig, task: str, context: BuildContext | None = None) -> AdapterInfo:
+    """A peft LoRA adapter whose A the Freeze callback leaves frozen."""
+    return build_lora(model, cfg, task, SPEC)
+
+
+def is_trainable(name: str, cfg: LoraFAConfig) -> bool:
+    """LoRA's trainable set without lora_A."""
+    return ".lora_A." not in name and lora_trainable(name, cfg)
+
+
+SPEC = register_variant(VariantSpec("lora_fa", LoraFAConfig, build, is_trainable))

@@ -1,0 +1,64 @@
+"""PiSSA: LoRA initialised from the top-r singular vectors of W0, with W0 replaced by the residual.
+Saved adapters are converted (peft's `path_initial_model_for_weight_conversion`) into a plain LoRA
+of rank 2r against the original base, so that they apply to the unmodified model."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from loralab.config.schemas import LoraVariantConfig
+from loralab.errors import ConfigError
+from loralab.io import write_dir
+from loralab.variants.lora import build_lora, is_trainable
+from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
+
+INIT_DIR = "pissa_init"
+
+
+@dataclass
+class PissaConfig(LoraVariantConfig):
+    """PiSSA: `svd_niter` null for an exact SVD, or K for peft's fast randomized SVD (pissa_niter_K)."""
+
+    name: str = "pissa"
+    dropout: float = 0.0
+    svd_niter: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.init_lora_weights is not True:
+            raise ConfigError("PiSSA sets its own initialisation: leave variant.init_lora_weights at true")
+        if self.svd_niter is not None and self.svd_niter < 1:
+            raise ConfigError(f"variant.svd_niter must be null or >= 1, got {self.svd_niter}")
+
+    @property
+    def init(self) -> str:
+        """peft's init_lora_weights value."""
+        return "pissa" if self.svd_niter is None else f"pissa_niter_{self.svd_niter}"
+
+
+def build(model: torch.nn.Module, cfg: PissaConfig, task: str, context: BuildContext | None = None) -> AdapterInfo:
+    """SVD-initialised LoRA; the initial adapter is kept (run_dir/pissa_init) for the conversion."""
+    info = build_lora(model, cfg, task, SPEC, init_lora_weights=cfg.init)
+    run_dir = context.run_dir if context is not None and context.run_dir is not None else None
+    init_dir = (run_dir if run_dir is not None else Path(tempfile.mkdtemp(prefix="loralab-"))) / INIT_DIR
+    # the initial state is the same on every (re)build: the SVD of the same W0
+    write_dir(init_dir, lambda tmp: info.model.save_pretrained(str(tmp)))
+
+    def save(directory: Path) -> None:
+        info.model.save_pretrained(str(directory), path_initial_model_for_weight_conversion=str(init_dir))
+
+    info.save_adapter = save
+    info.facts = {
+        "init": cfg.init,
+        "initial_adapter_dir": str(init_dir),
+        "export": f"plain LoRA of rank {2 * cfg.r} against the original base (ΔW = B·A − B0·A0)",
+    }
+    return info
+
+
+SPEC = register_variant(VariantSpec("pissa", PissaConfig, build, is_trainable))
