@@ -48,6 +48,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     run_dir = Path(cfg.paths.run_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     source = instantiate(cfg.model)  # cheap: checks the model's location
+    spec = get_variant(typed.variant.name)
+    spec.check_targets(source.skeleton(typed.data.task), typed.variant)  # the module tree, no weights
     ckpt = find_checkpoint(cfg.ckpt_path, cfg.resume, run_dir / "checkpoints")
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     if ckpt is not None:
@@ -63,7 +65,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     base = source.load_model(typed.data.task, datamodule.labels)  # 3. model + variant
     context = BuildContext(datamodule, run_dir, Path(ckpt).parent if ckpt else None, cfg.seed)
-    adapter = get_variant(typed.variant.name).build(base, typed.variant, typed.data.task, context)
+    adapter = spec.build(base, typed.variant, typed.data.task, context)
     callbacks = [*adapter.callbacks, *callbacks]
     module = LoraModule(
         adapter,

@@ -46,13 +46,20 @@ CASES = {
     "target matches nothing": (
         ["variant.target_modules=[q_proj,nope_proj]"],
         "'nope_proj' matches no module",
-        False,
+        True,
     ),
     "modules_to_save matches nothing": (
         ["variant.modules_to_save=[headx]"],
         "modules_to_save entry 'headx'",
-        False,
+        True,
     ),
+    "VeRA on a non-linear target": (
+        ["variant=vera", "variant.target_modules=[q_proj,embed_tokens]"],
+        "VeRA adapts linear layers only, but 'embed_tokens' selects model.embed_tokens (Embedding)",
+        True,
+    ),
+    "LoRA-FA optimizer with DoRA": (["variant=dora", "optimizer=lorafa"], "does not fit variant=dora", True),
+    "Delta-LoRA with dropout": (["variant=delta_lora", "variant.dropout=0.1"], "set variant.dropout=0", True),
     "missing model path": (
         ["model=hub", "model.name_or_path=/no/such/model"],
         "model path not found",

@@ -106,6 +106,8 @@ def test_trainable_count_and_set(variant_run):
     expected = _formula(case, info, cfg.variant.r)
     manifest = json.loads((run_dir / "freeze_manifest.json").read_text())
     assert summary["trainable_params"] == manifest["trainable_params"] == expected > 0
+    # per target pattern too (a shared LoRA-drop pair counts once)
+    assert sum(entry["trainable_params"] for entry in manifest["targets"].values()) == expected
     tensors = manifest["trainable_tensors"]
     pattern = re.compile(TRAINABLE.get(case, r"\.lora_[AB]\.default\.weight$"))
     assert all(pattern.search(name) for name in tensors), [n for n in tensors if not pattern.search(n)]

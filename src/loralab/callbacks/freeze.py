@@ -29,6 +29,7 @@ def build_manifest(info: AdapterInfo) -> dict:
         for pattern, names in matches.items():
             layers: dict[str, list[str]] = {}
             count = 0
+            seen: set[int] = set()  # a Parameter shared by several modules (LoRA-drop) counts once
             for name in names:
                 module = base.get_submodule(name)
                 if must_adapt and not isinstance(module, BaseTunerLayer):
@@ -38,7 +39,9 @@ def build_manifest(info: AdapterInfo) -> dict:
                         "is not supported): narrow variant.target_modules"
                     )
                 layers.setdefault(layer_of(name), []).append(name)
-                count += sum(p.numel() for p in module.parameters() if p.requires_grad)
+                fresh = [p for p in module.parameters() if p.requires_grad and id(p) not in seen]
+                seen.update(id(p) for p in fresh)
+                count += sum(p.numel() for p in fresh)
             if not names:
                 raise FreezeError(f"pattern {pattern!r} matched no module: fix the variant config")
             out[pattern] = {"modules": len(names), "trainable_params": count, "layers": layers}

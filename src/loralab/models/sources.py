@@ -80,6 +80,18 @@ class ModelSource:
         """The model for `task`, in `self.dtype`."""
         raise NotImplementedError
 
+    def load_config(self, task: str, labels: list[str] | None = None) -> Any:
+        """The transformers config of the model for `task` (no weights)."""
+        raise NotImplementedError
+
+    def skeleton(self, task: str) -> torch.nn.Module:
+        """The model's module tree on the meta device, without weights: variant targets are
+        checked against it in a second, before data and weights load."""
+        # module names do not depend on the number of labels
+        config = self.load_config(task, ["label_0", "label_1"] if task == "seq_cls" else None)
+        with torch.device("meta"):
+            return _model_class(task).from_config(config)
+
     def describe(self) -> dict:
         """What to record about this model in run metadata."""
         return {"name": self.name, "source": type(self).__name__, "dtype": self.dtype}
@@ -147,6 +159,17 @@ class Pretrained(ModelSource):
                 f"cannot load model {self.name_or_path!r} ({str(exc).splitlines()[0]}): check model.name_or_path"
             ) from exc
         return self._after_load(model, self.load_tokenizer().pad_token_id)
+
+    def load_config(self, task: str, labels: list[str] | None = None) -> Any:
+        from transformers import AutoConfig
+
+        try:
+            return AutoConfig.from_pretrained(self.name_or_path, **self._kwargs(), **_task_kwargs(task, labels))
+        except OSError as exc:
+            raise ModelError(
+                f"cannot load the config of {self.name_or_path!r} ({str(exc).splitlines()[0]}): "
+                "check model.name_or_path"
+            ) from exc
 
     def describe(self) -> dict:
         return {**super().describe(), "name_or_path": self.name_or_path, "revision": self.revision}
@@ -234,6 +257,11 @@ class PackagedGGUF(ModelSource):
         model = _model_class(task).from_pretrained(path, dtype=_dtype(self.dtype), **_task_kwargs(task, labels))
         return self._after_load(model, self.load_tokenizer().pad_token_id)
 
+    def load_config(self, task: str, labels: list[str] | None = None) -> Any:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.ensure_converted(), **_task_kwargs(task, labels))
+
     def describe(self) -> dict:
         return {**super().describe(), "gguf": str(self.gguf_path), "cache": str(self.cache_path)}
 
@@ -268,7 +296,7 @@ class FromConfig(ModelSource):
         ref = TINY_TOKENIZER_DIR if self.tokenizer_ref == "tiny" else self.tokenizer_ref
         return AutoTokenizer.from_pretrained(ref)
 
-    def load_model(self, task: str, labels: list[str] | None = None) -> torch.nn.Module:
+    def load_config(self, task: str, labels: list[str] | None = None) -> Any:
         from transformers import AutoConfig
 
         tokenizer = self.load_tokenizer()
@@ -278,7 +306,10 @@ class FromConfig(ModelSource):
         values.setdefault("pad_token_id", tokenizer.pad_token_id)
         values.setdefault("bos_token_id", tokenizer.bos_token_id)
         values.setdefault("eos_token_id", tokenizer.eos_token_id)
-        config = AutoConfig.for_model(model_type, **values, **_task_kwargs(task, labels))
+        return AutoConfig.for_model(model_type, **values, **_task_kwargs(task, labels))
+
+    def load_model(self, task: str, labels: list[str] | None = None) -> torch.nn.Module:
+        config = self.load_config(task, labels)
         if self.seed is None:
             return _model_class(task).from_config(config, dtype=_dtype(self.dtype))
         with torch.random.fork_rng(devices=[]):

@@ -12,29 +12,13 @@ import torch
 from peft import LoraConfig, TaskType, get_peft_model
 
 from loralab.config.schemas import LoraVariantConfig
-from loralab.errors import FreezeError
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
-from loralab.variants.targets import match_modules_to_save, match_targets
+from loralab.variants.targets import check_targets
 
 PEFT_TASKS = {"causal_lm": TaskType.CAUSAL_LM, "seq_cls": TaskType.SEQ_CLS}
 _ADAPTER_PARAM = re.compile(
     r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)\.|\.modules_to_save\."
 )
-
-
-def check_matches(target_matches: dict, save_matches: dict) -> None:
-    """Every target pattern and modules_to_save entry must select at least one module."""
-    for pattern, names in target_matches.items():
-        if not names:
-            raise FreezeError(
-                f"target module pattern {pattern!r} matches no module in the model: fix "
-                "variant.target_modules (list the model's modules with model.named_modules())"
-            )
-    for entry, names in save_matches.items():
-        if not names:
-            raise FreezeError(
-                f"modules_to_save entry {entry!r} matches no module in the model: fix variant.modules_to_save"
-            )
 
 
 def lora_config(cfg: LoraVariantConfig, task: str, **overrides: Any) -> LoraConfig:
@@ -56,9 +40,7 @@ def build_lora(
     model: torch.nn.Module, cfg: LoraVariantConfig, task: str, spec: VariantSpec, **flags: Any
 ) -> AdapterInfo:
     """Check the targets, then wrap the model with a peft LoRA adapter built with `flags`."""
-    targets = match_targets(model, cfg.target_modules)
-    saves = match_modules_to_save(model, cfg.modules_to_save)
-    check_matches(targets, saves)
+    targets, saves = check_targets(model, cfg)
     peft_model = get_peft_model(model, lora_config(cfg, task, **flags))
     return AdapterInfo(peft_model, spec, cfg, task, targets, saves)
 

@@ -27,9 +27,9 @@ from peft.tuners.lora import LoraLayer
 
 from loralab.config.schemas import LoraVariantConfig
 from loralab.errors import ConfigError
-from loralab.variants.lora import check_matches, is_trainable, lora_config
+from loralab.variants.lora import is_trainable, lora_config
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
-from loralab.variants.targets import layer_of, match_modules_to_save, match_targets
+from loralab.variants.targets import check_targets, layer_of
 
 log = logging.getLogger(__name__)
 
@@ -259,9 +259,7 @@ def _stage1(peft_model: torch.nn.Module, cfg: LoraDropConfig, context: BuildCont
 def build(model: torch.nn.Module, cfg: LoraDropConfig, task: str, context: BuildContext | None = None) -> AdapterInfo:
     """Run stages 1-3 (or read their result back when resuming), then build the stage-2 adapter."""
     context = context or BuildContext()
-    targets = match_targets(model, cfg.target_modules)
-    saves = match_modules_to_save(model, cfg.modules_to_save)
-    check_matches(targets, saves)
+    targets, saves = check_targets(model, cfg)
     saved = context.resume_dir / "variant.json" if context.resume_dir is not None else None
     stage1_state: dict[str, torch.Tensor] = {}
     if saved is not None and saved.is_file():

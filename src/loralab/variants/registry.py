@@ -70,7 +70,8 @@ def default_optimizer(model: torch.nn.Module, factory: Callable[..., torch.optim
 class VariantSpec:
     """A variant: its config schema, how to apply it, and which parameters it trains.
     `check(variant_cfg, full_cfg)` refuses bad combinations with other groups before anything
-    loads; `make_optimizer(adapter, factory)` builds the variant's parameter groups."""
+    loads; `check_model(model, variant_cfg)` refuses targets the variant cannot adapt;
+    `make_optimizer(adapter, factory)` builds the variant's parameter groups."""
 
     name: str
     schema: type
@@ -78,6 +79,16 @@ class VariantSpec:
     is_trainable: Callable[[str, Any], bool]
     check: Callable[[Any, Any], None] | None = None
     make_optimizer: Callable[[AdapterInfo, Callable[..., torch.optim.Optimizer]], torch.optim.Optimizer] | None = None
+    check_model: Callable[[torch.nn.Module, Any], None] | None = None
+
+    def check_targets(self, model: torch.nn.Module, cfg: Any) -> None:
+        """Check the variant's targets against the model's module tree (a meta-device skeleton
+        will do): every pattern matches, and the variant's own rules (VeRA: linear only) hold."""
+        from loralab.variants.targets import check_targets
+
+        check_targets(model, cfg)
+        if self.check_model is not None:
+            self.check_model(model, cfg)
 
 
 _REGISTRY: dict[str, VariantSpec] = {}

@@ -8,6 +8,8 @@ import re
 import torch
 from torch import nn
 
+from loralab.errors import FreezeError
+
 OUTPUT_HEADS = ("lm_head", "score", "classifier")
 
 
@@ -45,6 +47,30 @@ def match_modules_to_save(model: torch.nn.Module, entries: list[str] | None) -> 
     """modules_to_save entry -> module names (peft ignores entries that match nothing; we do not)."""
     names = [n for n, _ in model.named_modules() if n]
     return {e: _suffix_match(names, e) for e in entries or []}
+
+
+def check_matches(target_matches: dict, save_matches: dict) -> None:
+    """Every target pattern and modules_to_save entry must select at least one module."""
+    for pattern, names in target_matches.items():
+        if not names:
+            raise FreezeError(
+                f"target module pattern {pattern!r} matches no module in the model: fix "
+                "variant.target_modules (list the model's modules with model.named_modules())"
+            )
+    for entry, names in save_matches.items():
+        if not names:
+            raise FreezeError(
+                f"modules_to_save entry {entry!r} matches no module in the model: fix variant.modules_to_save"
+            )
+
+
+def check_targets(model: torch.nn.Module, cfg: object) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Match `cfg.target_modules` and `cfg.modules_to_save` in `model`; fail on a pattern that
+    selects nothing. Returns (target matches, modules_to_save matches)."""
+    targets = match_targets(model, cfg.target_modules)
+    saves = match_modules_to_save(model, cfg.modules_to_save)
+    check_matches(targets, saves)
+    return targets, saves
 
 
 def layer_of(name: str) -> str:

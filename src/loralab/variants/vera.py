@@ -11,9 +11,9 @@ from torch import nn
 
 from loralab.config.schemas import AdapterVariantConfig
 from loralab.errors import ConfigError
-from loralab.variants.lora import PEFT_TASKS, check_matches
+from loralab.variants.lora import PEFT_TASKS
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
-from loralab.variants.targets import match_modules_to_save, match_targets
+from loralab.variants.targets import check_targets
 
 _TRAINABLE = re.compile(r"\.vera_lambda_(b|d)\.|\.modules_to_save\.")
 
@@ -47,10 +47,11 @@ class VeraVariantConfig(AdapterVariantConfig):
         return 1.0
 
 
-def check_linear_targets(model: nn.Module, targets: dict[str, list[str]]) -> None:
+def check_linear_targets(model: nn.Module, cfg: VeraVariantConfig) -> None:
     """VeRA adapts linear layers only: refuse any other matched module with its name and type."""
     from transformers.pytorch_utils import Conv1D
 
+    targets, _ = check_targets(model, cfg)
     for pattern, names in targets.items():
         for name in names:
             module = model.get_submodule(name)
@@ -94,10 +95,8 @@ def vera_config(cfg: VeraVariantConfig, task: str) -> VeraConfig:
 def build(model: nn.Module, cfg: VeraVariantConfig, task: str, context: BuildContext | None = None) -> AdapterInfo:
     """Check that every target is linear, then wrap the model with peft's VeRA."""
     check_existing_adapters(model, cfg)
-    targets = match_targets(model, cfg.target_modules)
-    saves = match_modules_to_save(model, cfg.modules_to_save)
-    check_matches(targets, saves)
-    check_linear_targets(model, targets)
+    targets, saves = check_targets(model, cfg)
+    check_linear_targets(model, cfg)
     peft_model = get_peft_model(model, vera_config(cfg, task))
     projections = peft_model.base_model.vera_A["default"], peft_model.base_model.vera_B["default"]
     facts = {
@@ -119,4 +118,4 @@ def is_trainable(name: str, cfg: VeraVariantConfig) -> bool:
     return False
 
 
-SPEC = register_variant(VariantSpec("vera", VeraVariantConfig, build, is_trainable))
+SPEC = register_variant(VariantSpec("vera", VeraVariantConfig, build, is_trainable, check_model=check_linear_targets))
