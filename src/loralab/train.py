@@ -28,6 +28,7 @@ CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Run one experiment; return (summary, objects)."""
     import lightning.pytorch as pl
+    import torch
     from hydra.utils import instantiate
 
     from loralab.callbacks import find_checkpoint
@@ -64,7 +65,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     write_run_meta(run_dir, cfg, source.describe(), datamodule.describe())
 
     base = source.load_model(typed.data.task, datamodule.labels)  # 3. model + variant
-    context = BuildContext(datamodule, run_dir, Path(ckpt).parent if ckpt else None, cfg.seed)
+    gpu = cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    context = BuildContext(datamodule, run_dir, Path(ckpt).parent if ckpt else None, cfg.seed, "cuda" if gpu else "cpu")
     adapter = spec.build(base, typed.variant, typed.data.task, context)
     callbacks = [*adapter.callbacks, *callbacks]
     module = LoraModule(

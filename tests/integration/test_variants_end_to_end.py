@@ -30,9 +30,10 @@ CASES = {
     "lora_drop": ["variant=lora_drop", "variant.r=4", "variant.stage1_steps=4", "variant.sample_fraction=0.25"],
     "dora": ["variant=dora", "variant.r=4"],
     "rslora": ["variant=rslora", "variant.r=4"],
-    "pissa": ["variant=pissa", "variant.r=4"],
+    # dropout on: resume must still be bitwise although saving converts through fresh LoRA layers
+    "pissa": ["variant=pissa", "variant.r=4", "variant.dropout=0.1"],
     "loraplus": ["variant=loraplus", "variant.r=4", "variant.lr_ratio=4"],
-    "delta_lora": ["variant=delta_lora", "variant.r=4", "variant.update_start=2"],
+    "delta_lora": ["variant=delta_lora", "variant.r=4", "variant.update_start=1"],
 }
 TRAINABLE = {
     "lora_fa": r"\.lora_B\.default\.weight$",
@@ -141,25 +142,42 @@ def test_saved_adapter_in_plain_peft_on_the_original_base(variant_run):
     assert ((ref - got).abs().max() / scale) < 1e-5, case
 
 
+def _stage1_must_not_run(*args, **kwargs):
+    raise AssertionError("LoRA-drop ran stage 1 again on resume")
+
+
 def test_resume_from_a_checkpoint(variant_run, tmp_path):
-    case, cfg0, summary0, _, run_dir, _ = variant_run
+    case, cfg0, summary0, objects0, run_dir, _ = variant_run
     ckpt = run_dir / "checkpoints" / "step-0000002"
     cfg = compose_config([*TINY, *COMMON, *CASES[case], f"ckpt_path={ckpt}"], tmp_path / "resumed", tmp_path / "cache")
-    summary, _ = train(cfg)
+    with pytest.MonkeyPatch.context() as mp:
+        # the selection must come from the checkpoint, not from running stage 1 again
+        mp.setattr("loralab.variants.lora_drop._stage1", _stage1_must_not_run)
+        summary, objects = train(cfg)
     assert summary["status"] == "completed" and summary["global_step"] == 4
     resumed = load_file(Path(cfg.paths.run_dir) / "adapter" / "adapter_model.safetensors")
     original = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     assert resumed.keys() == original.keys()
     if case == "delta_lora":
-        # W is rebuilt from W_0 + λ·s·(B_t·A_t − B_K·A_K): equal to the in-place updates up to rounding
+        # W is rebuilt from W_0 + λ·s·(B_t·A_t − B_K·A_K) (K=1, resumed at step 2: a real rebuild):
+        # equal to the in-place updates up to rounding, in the adapter and in W itself
         assert all(torch.allclose(resumed[k], original[k], atol=1e-6, rtol=1e-5) for k in original)
+        base = instantiate(cfg.model).load_model("causal_lm")
+        live = dict(objects["module"].model.named_parameters())
+        moved = 0
+        for name, w in objects0["module"].model.named_parameters():
+            if name.endswith(".base_layer.weight"):
+                assert torch.allclose(live[name], w, atol=1e-6), name
+                original_w = base.get_parameter(name.removeprefix("base_model.model.").replace(".base_layer", ""))
+                moved += not torch.equal(w, original_w)
+        assert moved == 14
     else:
         assert all(torch.equal(resumed[k], original[k]) for k in original), case
     if case == "lora_drop":
         # the selection came from the checkpoint: stage 1 did not run again
         assert summary["variant"]["kept_modules"] == summary0["variant"]["kept_modules"]
         assert summary["variant"]["shared_sets"] == summary0["variant"]["shared_sets"]
-        assert not (Path(cfg.paths.run_dir) / "lora_drop_importance.png").exists()
+        assert summary["variant"]["selection_from"] == str(ckpt / "variant.json")
 
 
 def test_variant_facts_in_summary(variant_run):
@@ -179,7 +197,7 @@ def test_variant_facts_in_summary(variant_run):
         assert {row["unit"] for row in table if row["kept"]} == set(facts["kept_units"])
         assert facts["expected_trainable_params"] == saved["trainable_params"]
     elif case == "delta_lora":
-        assert facts["updates_applied"] == 2 and (run_dir / "delta_w" / "adapter_config.json").is_file()
+        assert facts["updates_applied"] == 3 and (run_dir / "delta_w" / "adapter_config.json").is_file()
     elif case.startswith("lora_fa"):
         model = objects["module"].model
         a_names = [n for n in initial if ".lora_A." in n]
@@ -201,7 +219,9 @@ def test_variant_facts_in_summary(variant_run):
 def test_delta_lora_telescopes(tmp_path):
     """W_T = W_K + λ·s·(B_T·A_T − B_K·A_K), with W_K = W_0 (no update before K)."""
     cfg = compose_config(
-        [*TINY, *COMMON, *CASES["delta_lora"], "trainer.max_steps=6"], tmp_path / "run", tmp_path / "cache"
+        [*TINY, *COMMON, *CASES["delta_lora"], "variant.update_start=2", "trainer.max_steps=6"],
+        tmp_path / "run",
+        tmp_path / "cache",
     )
     _, objects = train(cfg)
     model = objects["module"].model

@@ -197,3 +197,70 @@ def test_rslora_scaling_reaches_peft(make_cfg):
     info = get_variant("rslora").build(_tiny_base(), typed.variant, "causal_lm")
     layer = lora_layers(info.model)[Q0]
     assert layer.scaling["default"] == pytest.approx(2.0)
+
+
+def test_lora_drop_stage2_starts_from_the_untouched_base(tmp_path, tiny_tokenizer):
+    """Stage 1 trains the classification head (peft's modules_to_save) and biases too; stage 2
+    must start from the loaded ones, not from what stage 1 made of them."""
+    from loralab.config.schemas import DataConfig
+    from loralab.data.datamodule import LoraDataModule
+    from loralab.models import FromConfig
+    from loralab.variants.lora_drop import LoraDropConfig
+    from loralab.variants.registry import BuildContext
+
+    dm = LoraDataModule(
+        DataConfig(name="topics", builtin_task="topics", format="classification", num_train=64, num_val=8),
+        tiny_tokenizer,
+        cache_dir=tmp_path / "cache",
+    )
+    dm.setup("fit")
+    config = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
+    model = FromConfig({**config, "num_attention_heads": 4, "num_key_value_heads": 2}, seed=0).load_model(
+        "seq_cls", dm.labels
+    )
+    head = model.score.weight.detach().clone()
+    cfg = LoraDropConfig(r=4, stage1_steps=3, stage1_lr=0.05, sample_fraction=0.5)
+    info = get_variant("lora_drop").build(model, cfg, "seq_cls", BuildContext(dm, seed=1))
+    assert info.facts["stage1_loss_first"] != info.facts["stage1_loss_last"]  # stage 1 trained
+    wrapped = info.model.base_model.model.score
+    assert torch.equal(wrapped.original_module.weight, head)
+    assert torch.equal(wrapped.modules_to_save["default"].weight, head)
+
+
+def test_lorafa_optimizer_projects_b_gradient():
+    """peft's LoRA-FA step on B follows (1/s²)·∇B·(A·Aᵀ)⁻¹, not ∇B: on Adam's first step the update
+    is -lr·sign(g), so the signs tell the two apart."""
+    from functools import partial
+
+    from loralab.optim import lorafa
+    from loralab.variants.lora_fa import LoraFAConfig
+
+    batch = _batch()
+    updates = {}
+    for name, factory in {"lorafa": partial(lorafa, lr=1e-3), "adamw": partial(torch.optim.AdamW, lr=1e-3)}.items():
+        torch.manual_seed(0)
+        info = get_variant("lora_fa").build(_tiny_base(), LoraFAConfig(r=4, dropout=0.0), "causal_lm")
+        for n, p in info.model.named_parameters():
+            p.requires_grad_(info.is_trainable(n))
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for layer in lora_layers(info.model).values():
+                a = layer.lora_A["default"].weight
+                # rows of A nearly parallel: A·Aᵀ far from a multiple of I, so the projection shows
+                a.copy_(torch.randn(1, a.shape[1], generator=gen) + 0.3 * torch.randn(a.shape, generator=gen))
+                layer.lora_B["default"].weight.normal_(0, 0.02, generator=gen)
+        optimizer = info.make_optimizer(factory)
+        layer = lora_layers(info.model)[Q0]
+        a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        before = b.detach().clone()
+        info.model(**batch, labels=batch["input_ids"]).loss.backward()
+        grad, s = b.grad.detach().clone(), layer.scaling["default"]
+        optimizer.step()
+        updates[name] = (b.detach() - before, grad, a.detach(), s)
+    delta, grad, a, s = updates["lorafa"]
+    projected = grad @ torch.linalg.pinv(a @ a.T) / s**2
+    agree = (torch.sign(delta) == -torch.sign(projected)).float().mean().item()
+    plain = (torch.sign(delta) == -torch.sign(grad)).float().mean().item()
+    assert agree > 0.99 and plain < 0.8, (agree, plain)
+    adam_delta, adam_grad, *_ = updates["adamw"]
+    assert (torch.sign(adam_delta) == -torch.sign(adam_grad)).float().mean().item() > 0.95

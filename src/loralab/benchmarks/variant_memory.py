@@ -17,6 +17,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def measure(case: str, overrides: list[str], r: int, steps: int) -> dict:
     import torch
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
+    from omegaconf import open_dict
 
     from loralab.config import register_schemas, validate
     from loralab.data.datamodule import LoraDataModule
@@ -60,6 +62,8 @@ def measure(case: str, overrides: list[str], r: int, steps: int) -> dict:
     register_schemas()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[f"variant={variant}", f"variant.r={r}", *extra, *overrides])
+    with open_dict(cfg):  # no Hydra run here: nothing is written, but the key must resolve
+        cfg.paths.run_dir = tempfile.mkdtemp(prefix="loralab-bench-")
     typed = validate(cfg)
     torch.manual_seed(cfg.seed)
     source = instantiate(cfg.model)
@@ -125,7 +129,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return []
     rows = []
     for case in args.variants.split(","):
-        cmd = [sys.executable, "-m", __name__, "--one", case, "--r", str(args.r), "--steps", str(args.steps)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "loralab.benchmarks.variant_memory",
+            "--one",
+            case,
+            "--r",
+            str(args.r),
+            "--steps",
+            str(args.steps),
+        ]
         done = subprocess.run([*cmd, *args.overrides], capture_output=True, text=True)
         if done.returncode != 0:
             print(f"{case}: failed\n{done.stderr[-2000:]}", file=sys.stderr)

@@ -90,7 +90,7 @@ class ModelSource:
         # module names do not depend on the number of labels
         config = self.load_config(task, ["label_0", "label_1"] if task == "seq_cls" else None)
         with torch.device("meta"):
-            return _model_class(task).from_config(config)
+            return _model_class(task).from_config(config, trust_remote_code=self.trust_remote_code)
 
     def describe(self) -> dict:
         """What to record about this model in run metadata."""

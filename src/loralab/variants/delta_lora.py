@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -168,6 +169,16 @@ class DeltaWExport(pl.Callback):
         self.facts["delta_w_dir"] = str(self.directory)
 
 
+def check(cfg: DeltaLoraConfig, full: Any) -> None:
+    """W moves by λ·s·Δ(B·A) each step: increments that round away in a 16-bit weight."""
+    dtype = (full.get("model") or {}).get("dtype", "float32")
+    if dtype != "float32":
+        raise ConfigError(
+            f"Delta-LoRA adds a small λ·s·Δ(B·A) to W every step, which rounds away in a {dtype} weight: "
+            "set model.dtype=float32 (trainer.precision=bf16-mixed still computes in bf16)"
+        )
+
+
 def build(model: torch.nn.Module, cfg: DeltaLoraConfig, task: str, context: BuildContext | None = None) -> AdapterInfo:
     """A peft LoRA adapter plus the callback that moves W."""
     info = build_lora(model, cfg, task, SPEC)
@@ -188,4 +199,4 @@ def build(model: torch.nn.Module, cfg: DeltaLoraConfig, task: str, context: Buil
     return info
 
 
-SPEC = register_variant(VariantSpec("delta_lora", DeltaLoraConfig, build, is_trainable))
+SPEC = register_variant(VariantSpec("delta_lora", DeltaLoraConfig, build, is_trainable, check))

@@ -91,9 +91,10 @@ def train_stage1(model: torch.nn.Module, batches: Iterable[dict], steps: int, lr
     optimizer = torch.optim.AdamW(params, lr=lr)
     model.train()
     batches = list(batches)
+    device = params[0].device
     losses = []
     for step in range(steps):
-        batch = batches[step % len(batches)]
+        batch = {k: v.to(device) for k, v in batches[step % len(batches)].items()}
         loss = model(**batch).loss
         loss.backward()
         optimizer.step()
@@ -124,7 +125,9 @@ def module_importance(model: torch.nn.Module, batches: Iterable[dict]) -> dict[s
     was_training = model.training
     model.eval()
     try:
+        device = next(model.parameters()).device
         for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
             mask[:] = [batch["attention_mask"].to(torch.float32)]
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     finally:
@@ -215,6 +218,22 @@ def plot_importance(table: list[dict], threshold: float, path: Path) -> Path:
 
 
 # ---- the variant -------------------------------------------------------------------------------
+def _non_lora_trainables(model: torch.nn.Module, cfg: LoraDropConfig, task: str) -> dict[str, torch.Tensor]:
+    """Copies of the base tensors a LoRA run may train besides the pairs: modules_to_save (and
+    the classification head, which peft adds to them), and biases unless bias is none."""
+    from loralab.variants.targets import OUTPUT_HEADS, match_modules_to_save
+
+    modules = {n for names in match_modules_to_save(model, cfg.modules_to_save).values() for n in names}
+    if task == "seq_cls":
+        modules |= {n for n, _ in model.named_modules() if n.split(".")[-1] in OUTPUT_HEADS}
+    prefixes = tuple(f"{m}." for m in modules)
+    return {
+        n: p.detach().clone()
+        for n, p in model.named_parameters()
+        if n.startswith(prefixes) or (cfg.bias != "none" and n.endswith(".bias"))
+    }
+
+
 def _stage1(peft_model: torch.nn.Module, cfg: LoraDropConfig, context: BuildContext) -> dict:
     """Stages 1-3 on the data: returns the importance table and the kept modules."""
     dm = context.datamodule
@@ -247,6 +266,7 @@ def _stage1(peft_model: torch.nn.Module, cfg: LoraDropConfig, context: BuildCont
         cfg.granularity,
     )
     return {
+        "stage1_device": str(context.device),
         "sample_size": len(rows),
         "stage1_loss_first": losses[0],
         "stage1_loss_last": losses[-1],
@@ -261,18 +281,25 @@ def build(model: torch.nn.Module, cfg: LoraDropConfig, task: str, context: Build
     context = context or BuildContext()
     targets, saves = check_targets(model, cfg)
     saved = context.resume_dir / "variant.json" if context.resume_dir is not None else None
+    resumed = saved is not None and saved.is_file()
     stage1_state: dict[str, torch.Tensor] = {}
-    if saved is not None and saved.is_file():
-        selection = json.loads(saved.read_text())
+    if resumed:
+        selection = {**json.loads(saved.read_text()), "selection_from": str(saved)}
         model = get_peft_model(model, lora_config(cfg, task))
     else:
-        stage1_model = get_peft_model(model, lora_config(cfg, task))
+        # stage 1 also trains what stage 2 trains besides the pairs (a classification head,
+        # biases); unload() would keep those changes, so the base's own copies are restored after
+        pristine = _non_lora_trainables(model, cfg, task)
+        stage1_model = get_peft_model(model.to(context.device), lora_config(cfg, task))
         for name, param in stage1_model.named_parameters():
             param.requires_grad_(is_trainable(name, cfg))
-        selection = _stage1(stage1_model, cfg, context)
+        selection = {**_stage1(stage1_model, cfg, context), "selection_from": "stage 1"}
         if not cfg.fresh_stage2:
             stage1_state = {n: p.detach().clone() for n, p in stage1_model.named_parameters() if p.requires_grad}
         model = stage1_model.unload()  # the base without stage-1 adapters (not merged)
+        with torch.no_grad():
+            for name, value in pristine.items():
+                model.get_parameter(name).copy_(value)
         model = get_peft_model(model, lora_config(cfg, task))
     if stage1_state:
         kept_prefixes = tuple(f"{n}." for n in selection["kept_modules"])
@@ -292,7 +319,7 @@ def build(model: torch.nn.Module, cfg: LoraDropConfig, task: str, context: Build
         "shared_sets": shared,
         "expected_trainable_params": expected_trainable(model, selection["kept_modules"], shared, cfg.r),
     }
-    if context.run_dir is not None and saved is None:
+    if context.run_dir is not None and not resumed:
         facts["plot"] = str(plot_importance(facts["importance"], cfg.threshold, context.run_dir / PLOT_FILE))
     return AdapterInfo(model, SPEC, cfg, task, targets, saves, facts=facts)
 

@@ -26,8 +26,8 @@ def build(model: torch.nn.Module, cfg: LoraFAConfig, task: str, context: BuildCo
 
 
 def is_trainable(name: str, cfg: LoraFAConfig) -> bool:
-    """LoRA's trainable set without lora_A."""
-    return ".lora_A." not in name and lora_trainable(name, cfg)
+    """LoRA's trainable set without A (lora_A, and lora_embedding_A on embedding targets)."""
+    return ".lora_A." not in name and ".lora_embedding_A." not in name and lora_trainable(name, cfg)
 
 
 SPEC = register_variant(VariantSpec("lora_fa", LoraFAConfig, build, is_trainable))

@@ -50,7 +50,11 @@ def build(model: torch.nn.Module, cfg: PissaConfig, task: str, context: BuildCon
     write_dir(init_dir, lambda tmp: info.model.save_pretrained(str(tmp)))
 
     def save(directory: Path) -> None:
-        info.model.save_pretrained(str(directory), path_initial_model_for_weight_conversion=str(init_dir))
+        # the conversion loads the initial adapter into fresh LoRA layers, whose random init would
+        # draw from the global RNG after the checkpoint recorded it: resume would then diverge
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=cuda):
+            info.model.save_pretrained(str(directory), path_initial_model_for_weight_conversion=str(init_dir))
 
     info.save_adapter = save
     info.facts = {

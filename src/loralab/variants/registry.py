@@ -22,6 +22,8 @@ class BuildContext:
     run_dir: Path | None = None
     resume_dir: Path | None = None
     seed: int = 0
+    # where a builder that trains (LoRA-drop's stage 1) runs: "cuda" when the trainer uses a GPU
+    device: str = "cpu"
 
 
 @dataclass
