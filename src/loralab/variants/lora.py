@@ -13,7 +13,7 @@ from peft import LoraConfig, TaskType, get_peft_model
 
 from loralab.config.schemas import LoraVariantConfig
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
-from loralab.variants.targets import check_targets
+from loralab.variants.targets import check_targets, trains
 
 PEFT_TASKS = {"causal_lm": TaskType.CAUSAL_LM, "seq_cls": TaskType.SEQ_CLS}
 _ADAPTER_PARAM = re.compile(
@@ -47,11 +47,7 @@ def build_lora(
 
 def is_trainable(name: str, cfg: LoraVariantConfig) -> bool:
     """LoRA A/B (and DoRA's magnitude), modules_to_save copies, and biases as `bias` says."""
-    if _ADAPTER_PARAM.search(name):
-        return True
-    if name.endswith(".bias"):
-        return cfg.bias == "all" or (cfg.bias == "lora_only" and ".base_layer." in name)
-    return False
+    return trains(name, _ADAPTER_PARAM, cfg.bias)
 
 
 def build(

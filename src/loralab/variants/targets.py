@@ -73,6 +73,16 @@ def check_targets(model: torch.nn.Module, cfg: object) -> tuple[dict[str, list[s
     return targets, saves
 
 
+def trains(name: str, adapter_params: re.Pattern, bias: str) -> bool:
+    """Whether a parameter of a peft model trains: the adapter's own tensors (`adapter_params`,
+    modules_to_save copies included) and the biases that `bias` (none, all, lora_only) selects."""
+    if adapter_params.search(name):
+        return True
+    if name.endswith(".bias"):
+        return bias == "all" or (bias == "lora_only" and ".base_layer." in name)
+    return False
+
+
 def layer_of(name: str) -> str:
     """The transformer layer index in a module name, or 'other'."""
     m = re.search(r"\.(?:layers|h|layer|blocks)\.(\d+)\.", name + ".")

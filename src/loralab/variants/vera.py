@@ -13,7 +13,7 @@ from loralab.config.schemas import AdapterVariantConfig
 from loralab.errors import ConfigError
 from loralab.variants.lora import PEFT_TASKS
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
-from loralab.variants.targets import check_targets
+from loralab.variants.targets import check_targets, trains
 
 _TRAINABLE = re.compile(r"\.vera_lambda_(b|d)\.|\.modules_to_save\.")
 
@@ -111,11 +111,7 @@ def build(model: nn.Module, cfg: VeraVariantConfig, task: str, context: BuildCon
 
 def is_trainable(name: str, cfg: VeraVariantConfig) -> bool:
     """b and d vectors, modules_to_save copies, and biases as `bias` says."""
-    if _TRAINABLE.search(name):
-        return True
-    if name.endswith(".bias"):
-        return cfg.bias == "all" or (cfg.bias == "lora_only" and ".base_layer." in name)
-    return False
+    return trains(name, _TRAINABLE, cfg.bias)
 
 
 SPEC = register_variant(VariantSpec("vera", VeraVariantConfig, build, is_trainable, check_model=check_linear_targets))
