@@ -45,6 +45,34 @@ def precheck_composition(argv: list[str], conf_dir: str) -> None:
         GlobalHydra.instance().clear()
 
 
+def report_failure(exc: Exception) -> None:
+    """A failed run: one line and exit 2 for loralab's own errors (a traceback for anything else).
+    In a multirun the job's summary.json records the failure and the sweep goes on; the sweep
+    exits non-zero at its end (loralab.sweep.SweepReport)."""
+    import logging
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from loralab.errors import LoralabError
+
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise exc
+    # objects built by hydra.utils.instantiate arrive wrapped in an InstantiationException
+    error = exc if isinstance(exc, LoralabError) else exc.__cause__
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        log = logging.getLogger("loralab")
+        if isinstance(error, LoralabError):
+            log.error("job %s failed: %s", HydraConfig.get().job.num, error)
+        else:
+            log.exception("job %s failed", HydraConfig.get().job.num)
+        return
+    if not isinstance(error, LoralabError):
+        raise exc
+    print(f"loralab: error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
 def close_wandb(failed: bool) -> None:
     """Finish the W&B run of this process, marking it failed when the run failed."""
     if "wandb" in sys.modules:

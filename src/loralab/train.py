@@ -17,9 +17,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from loralab.cli import close_wandb, precheck_composition
+from loralab.cli import close_wandb, precheck_composition, report_failure
 from loralab.config import register_schemas, validate
-from loralab.errors import LoralabError
 
 # conf/ beside src/ (the package is installed editable from the repository)
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -124,18 +123,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     try:
         run(cfg)
     except Exception as exc:
-        # objects built by hydra.utils.instantiate arrive wrapped in an InstantiationException
-        error = exc if isinstance(exc, LoralabError) else exc.__cause__
-        if not isinstance(error, LoralabError):
-            raise
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        # in a multirun the sweep records the failure and goes on to the next job
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise
-        print(f"loralab: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        report_failure(exc)
 
 
 def main() -> None:
