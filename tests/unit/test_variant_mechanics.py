@@ -9,9 +9,9 @@ import torch
 from loralab.config import validate
 from loralab.errors import ConfigError
 from loralab.variants import get_variant
+from loralab.variants.lora import lora_layers
 from loralab.variants.lora_drop import (
     expected_trainable,
-    lora_layers,
     module_importance,
     rank_units,
     sample_indices,

@@ -26,10 +26,8 @@ from safetensors.torch import save_file
 from loralab.config.schemas import LoraVariantConfig
 from loralab.errors import ConfigError
 from loralab.io import write_dir
-from loralab.variants.lora import build_lora, is_trainable
+from loralab.variants.lora import ADAPTER, build_lora, is_trainable, lora_layers
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
-
-ADAPTER = "default"
 
 
 @dataclass
@@ -50,11 +48,6 @@ class DeltaLoraConfig(LoraVariantConfig):
             )
         if self.update_start < 0:
             raise ConfigError(f"variant.update_start must be >= 0, got {self.update_start}")
-
-
-def lora_layers(model: torch.nn.Module) -> dict[str, LoraLayer]:
-    """The peft LoRA layers of `model` by their full module name."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer) and ADAPTER in m.lora_A}
 
 
 def _pair(layer: LoraLayer) -> tuple[torch.Tensor, torch.Tensor]:

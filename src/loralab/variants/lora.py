@@ -10,15 +10,23 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
+from peft.tuners.lora import LoraLayer
 
 from loralab.config.schemas import LoraVariantConfig
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
 from loralab.variants.targets import check_targets, trains
 
+# loralab trains one adapter per run, under peft's default name
+ADAPTER = "default"
 PEFT_TASKS = {"causal_lm": TaskType.CAUSAL_LM, "seq_cls": TaskType.SEQ_CLS}
 _ADAPTER_PARAM = re.compile(
     r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)\.|\.modules_to_save\."
 )
+
+
+def lora_layers(model: torch.nn.Module) -> dict[str, LoraLayer]:
+    """The peft LoRA layers of `model` by full module name, in model order."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer) and ADAPTER in m.lora_A}
 
 
 def lora_config(cfg: LoraVariantConfig, task: str, **overrides: Any) -> LoraConfig:

@@ -27,13 +27,12 @@ from peft.tuners.lora import LoraLayer
 
 from loralab.config.schemas import LoraVariantConfig
 from loralab.errors import ConfigError
-from loralab.variants.lora import is_trainable, lora_config
+from loralab.variants.lora import ADAPTER, is_trainable, lora_config, lora_layers
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
 from loralab.variants.targets import check_targets, layer_of
 
 log = logging.getLogger(__name__)
 
-ADAPTER = "default"
 GRANULARITIES = ("module", "layer")
 PLOT_FILE = "lora_drop_importance.png"
 
@@ -78,11 +77,6 @@ def sample_indices(size: int, fraction: float, seed: int, labels: list[int] | No
         order = torch.randperm(len(members), generator=gen)[:n]
         chosen += [members[i] for i in order.tolist()]
     return sorted(chosen)
-
-
-def lora_layers(model: torch.nn.Module) -> dict[str, LoraLayer]:
-    """The peft LoRA layers of `model`, by full module name, in model order."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer) and ADAPTER in m.lora_A}
 
 
 def train_stage1(model: torch.nn.Module, batches: Iterable[dict], steps: int, lr: float) -> list[float]:
