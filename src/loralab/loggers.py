@@ -22,9 +22,35 @@ def wandb_credentials_present() -> bool:
         return False
 
 
-def wandb_logger(save_dir: str, **kwargs: Any) -> Any:
-    """A Lightning WandbLogger; offline unless WANDB_MODE says otherwise or credentials exist."""
+def sweep_group(output_dir: str | None) -> str | None:
+    """In a multirun job, the sweep's id for W&B's group: its directory, relative to the outputs
+    directory. None outside a multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    sweep, out = Path(HydraConfig.get().sweep.dir).resolve(), Path(output_dir or ".").resolve()
+    return str(sweep.relative_to(out)) if sweep.is_relative_to(out) else sweep.name
+
+
+def wandb_logger(
+    save_dir: str,
+    group: str | None = None,
+    tags: list[str] | None = None,
+    auto_tags: list[str] | None = None,
+    experiment: str | None = None,
+    output_dir: str | None = None,
+    **kwargs: Any,
+) -> Any:
+    """A Lightning WandbLogger; offline unless WANDB_MODE says otherwise or credentials exist.
+    Group: `group`, else the sweep's id in a multirun, else the experiment name. Tags: `tags`
+    plus `auto_tags` (r, alpha, seed)."""
     from lightning.pytorch.loggers import WandbLogger
+
+    group = group or sweep_group(output_dir) or experiment
+    all_tags = list(dict.fromkeys([*(tags or []), *(auto_tags or [])]))
+    kwargs.update(group=group, tags=all_tags)
 
     os.environ.setdefault("WANDB_SILENT", "true")
     Path(save_dir).mkdir(parents=True, exist_ok=True)

@@ -1,18 +1,95 @@
-"""Multirun bookkeeping: a Hydra callback that collects every job's status at the end of a sweep."""
+"""Multirun bookkeeping: resuming a sweep (skip finished jobs, continue interrupted ones) and a
+Hydra callback that collects every job's status, and the comparison report, when it ends."""
 
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from loralab.io import write_json
 
 SWEEP_SUMMARY = "sweep_summary.json"
+REPLACED = "replaced"  # earlier jobs moved out of a job directory that now runs another config
+log = logging.getLogger("loralab")
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def job_state(run_dir: Path) -> tuple[str | None, str | None]:
+    """(config hash, status) of what a run directory holds; (None, None) when it holds no run."""
+    meta, summary = _read(run_dir / "run_meta.json"), _read(run_dir / "summary.json")
+    return meta.get("config_hash"), summary.get("status")
+
+
+def resolve_same_as(summary: dict, run_dir: str | Path) -> Path | None:
+    """The run a skipped job stands for. Its `same_as` path, or, when a later relaunch moved
+    that run into replaced/, wherever in the sweep the completed run with its hash now is."""
+    target, wanted = summary.get("same_as"), summary.get("config_hash")
+    if not target:
+        return None
+    if job_state(Path(target)) == (wanted, "completed"):
+        return Path(target)
+    sweep_dir = Path(run_dir).parent
+    for meta in sorted({*sweep_dir.glob("*/run_meta.json"), *sweep_dir.glob(f"{REPLACED}/*/run_meta.json")}):
+        if job_state(meta.parent) == (wanted, "completed"):
+            return meta.parent
+    return None
+
+
+def plan_job(cfg: DictConfig) -> dict | None:
+    """Before a multirun job trains, in a sweep directory that may hold an earlier launch:
+    - its config hash already completed (in its own job directory or another): skip it;
+    - its own directory holds the same config, interrupted: continue it (resume=auto);
+    - its own directory holds a different config (the grid changed): move that run to
+      `<sweep>/replaced/<job>-<hash>/` so nothing saved is lost, then train.
+    Returns the summary to keep for a skipped job, None when the job trains."""
+    from loralab.reporting.run_meta import config_hash
+
+    run_dir = Path(cfg.paths.run_dir)
+    sweep_dir = run_dir.parent
+    wanted = config_hash(cfg)
+    own_hash, own_status = job_state(run_dir)
+    if own_hash == wanted and own_status in ("completed", "skipped"):
+        log.info("sweep resume: %s already completed this config (hash %s), skipped", run_dir, wanted)
+        return _read(run_dir / "summary.json")
+    if own_hash is not None and own_hash != wanted:
+        keep = sweep_dir / REPLACED / f"{run_dir.name}-{own_hash}"
+        keep.mkdir(parents=True, exist_ok=True)
+        for item in run_dir.iterdir():
+            if item.name not in (".hydra", "train.log"):
+                shutil.move(str(item), keep / item.name)
+        log.info("sweep resume: %s held another config (hash %s), moved to %s", run_dir, own_hash, keep)
+        own_hash = None
+    for other in sorted({*sweep_dir.glob("*/run_meta.json"), *sweep_dir.glob(f"{REPLACED}/*/run_meta.json")}):
+        other = other.parent
+        if other != run_dir and job_state(other) == (wanted, "completed"):
+            log.info("sweep resume: %s already completed this config (hash %s), skipped", other, wanted)
+            summary = {
+                "status": "skipped",
+                "error": None,
+                "same_as": str(other),
+                "config_hash": wanted,
+                "run_dir": str(run_dir),
+            }
+            write_json(run_dir / "summary.json", summary)
+            return summary
+    if own_hash == wanted and cfg.get("resume") is None and cfg.get("ckpt_path") is None:
+        log.info("sweep resume: %s was interrupted, continuing from its newest checkpoint", run_dir)
+        with open_dict(cfg):
+            cfg.resume = "auto"
+    return None
 
 
 def _job_order(path: Path) -> tuple:
@@ -31,6 +108,8 @@ def collect_jobs(sweep_dir: str | Path) -> list[dict]:
         if summary.is_file():
             data = json.loads(summary.read_text())
             entry.update(status=data.get("status", "unknown"), error=data.get("error"))
+            if data.get("same_as"):
+                entry["same_as"] = str(resolve_same_as(data, job_dir))
         else:
             entry.update(status="failed", error="no summary.json: the job stopped before training")
         overrides = job_dir / ".hydra" / "overrides.yaml"
@@ -45,11 +124,22 @@ class SweepReport(Callback):
     overrides) into the sweep directory and exits non-zero with a count when any job failed.
     Jobs themselves do not stop the sweep when they fail (see loralab.train)."""
 
+    def __init__(self, metric: str | None = None) -> None:
+        self.metric = metric
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = collect_jobs(sweep_dir)
-        failed = [j for j in jobs if j["status"] != "completed"]
+        failed = [j for j in jobs if j["status"] not in ("completed", "skipped")]
         write_json(sweep_dir / SWEEP_SUMMARY, {"jobs": len(jobs), "failed": len(failed), "runs": jobs})
+        if len(failed) < len(jobs):
+            from loralab.compare import compare
+            from loralab.errors import LoralabError
+
+            try:  # the comparison table and plots, beside sweep_summary.json
+                compare([str(sweep_dir)], out=sweep_dir, metric=self.metric)
+            except LoralabError as exc:
+                log.warning("no comparison report for %s: %s", sweep_dir, exc)
         if failed:
             detail = "; ".join(f"job {j['job']}: {j['error']}" for j in failed[:3])
             print(

@@ -100,6 +100,12 @@ def run(cfg: DictConfig) -> dict:
     from loralab.reporting.summary import SUMMARY_FILE, print_summary, write_failed_summary
 
     run_dir = Path(cfg.paths.run_dir)
+    if _in_multirun():
+        from loralab.sweep import plan_job
+
+        kept = plan_job(cfg)  # a relaunched sweep: finished configs are skipped
+        if kept is not None:
+            return kept
     started = time.time()
     failed = True
     try:
@@ -118,12 +124,34 @@ def run(cfg: DictConfig) -> dict:
     return summary
 
 
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def objective_value(summary: dict, metric: str | None) -> float | None:
+    """The value a sweeper (Optuna) optimises: `metric` from the final validation, None when the
+    run failed or did not measure it (the sweeper records the trial as failed)."""
+    if not metric:
+        return None
+    value = (summary.get("after") or {}).get(metric)
+    if value is None and summary.get("same_as"):  # a skipped job: the earlier run's value
+        from loralab.sweep import _read, resolve_same_as
+
+        found = resolve_same_as(summary, summary.get("run_dir", "."))
+        value = (_read(found / "summary.json").get("after") or {}).get(metric) if found else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def _hydra_main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     try:
-        run(cfg)
+        return objective_value(run(cfg), cfg.get("objective"))
     except Exception as exc:
         report_failure(exc)
+        return None
 
 
 def main() -> None:

@@ -1,36 +1,51 @@
-"""A multirun through the real CLI: a failing job is recorded and the sweep goes on, then exits
-non-zero with the count."""
+"""Multiruns through the real CLI on the tiny model: grids with the basic, joblib and submitit
+launchers, the Optuna sweeper, failing jobs, the comparison report, W&B grouping, and resuming a
+sweep (finished jobs skipped, an interrupted one continued from its checkpoint)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
 
 from tests.integration.test_cli_errors import BASE
+from tests.wandb_records import run_facts
+
+TINY_WANDB = ["model=tiny", "debug=fast", "~callbacks.progress"]  # the default loggers: W&B + CSV
 
 
-def test_failing_job_does_not_end_the_sweep(tmp_path):
+def multirun(tmp_path: Path, sweep: Path, *overrides: str, base: list[str] = BASE) -> subprocess.CompletedProcess:
     env = {**os.environ, "LORALAB_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
     env.pop("HYDRA_FULL_ERROR", None)
-    sweep = tmp_path / "sweep"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "loralab.train",
-            "-m",
-            *BASE,
-            # job 0 fails (a target that matches nothing), job 1 must still run
-            "variant.target_modules=[nope_proj],[q_proj]",
-            f"hydra.sweep.dir={sweep}",
-        ],
+    return subprocess.run(
+        [sys.executable, "-m", "loralab.train", "-m", *base, *overrides, f"hydra.sweep.dir={sweep}"],
         capture_output=True,
         text=True,
         env=env,
         timeout=600,
     )
+
+
+def summary(path: Path) -> dict:
+    return json.loads((path / "summary.json").read_text())
+
+
+def is_png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_failing_job_does_not_end_the_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    # job 0 fails (a target that matches nothing), job 1 must still run
+    proc = multirun(tmp_path, sweep, "variant.target_modules=[nope_proj],[q_proj]")
     assert proc.returncode == 1, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("loralab: 1 of 2 sweep jobs failed (job 0: FreezeError: target module pattern 'nope_proj'")
@@ -38,7 +53,129 @@ def test_failing_job_does_not_end_the_sweep(tmp_path):
     assert report["jobs"] == 2 and report["failed"] == 1
     assert [r["status"] for r in report["runs"]] == ["failed", "completed"]
     assert "variant.target_modules=[q_proj]" in report["runs"][1]["overrides"]
-    failed = json.loads((sweep / "0" / "summary.json").read_text())
+    failed = summary(sweep / "0")
     assert failed["status"] == "failed" and "nope_proj" in failed["error"]
-    done = json.loads((sweep / "1" / "summary.json").read_text())
+    done = summary(sweep / "1")
     assert done["status"] == "completed" and (sweep / "1" / "adapter" / "adapter_model.safetensors").is_file()
+    # the report lists both jobs, the failed one with its status
+    rows = list(csv.DictReader((sweep / "compare.csv").open()))
+    assert [(r["run"], r["status"]) for r in rows] == [("0", "failed"), ("1", "completed")]
+
+
+def test_grid_report_wandb_grouping_and_resume(tmp_path):
+    sweep = tmp_path / "grid"
+    grid = ["variant.r=2,4", "seed=1,2"]
+    proc = multirun(tmp_path, sweep, *grid, base=TINY_WANDB)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = [sweep / str(i) for i in range(4)]
+    summaries = [summary(j) for j in jobs]
+    assert [s["status"] for s in summaries] == ["completed"] * 4
+
+    # one W&B run per job: group = the sweep, job type = the variant, tags r/alpha/seed, the
+    # config flat (variant.r) and the final figures in the run summary
+    for job, s, (r, seed) in zip(jobs, summaries, [(2, 1), (2, 2), (4, 1), (4, 2)], strict=True):
+        facts = run_facts(job)
+        assert facts["group"] == sweep.name and facts["job_type"] == "lora"
+        assert {f"r={r}", "alpha=16.0", f"seed={seed}"} <= set(facts["tags"])
+        assert facts["config"]["variant.r"] == r and facts["config"]["seed"] == seed
+        assert facts["summary"]["final/trainable_params"] == s["trainable_params"]
+        assert facts["summary"]["final/val/loss"] == pytest.approx(s["after"]["val/loss"])
+
+    # the report: seeds aggregated, mean and std computed from the jobs' own summaries
+    rows = list(csv.DictReader((sweep / "compare.csv").open()))
+    assert [(r["r"], r["n"], r["seed"]) for r in rows] == [("2", "2", "1,2"), ("4", "2", "1,2")]
+    for row, pair in zip(rows, (summaries[:2], summaries[2:]), strict=True):
+        losses = [s["after"]["val/loss"] for s in pair]
+        assert float(row["val_loss"]) == pytest.approx(statistics.fmean(losses))
+        assert float(row["val_loss_std"]) == pytest.approx(statistics.stdev(losses))
+        assert float(row["val_loss_std"]) > 0  # the seeds really differ
+    assert "mean ± std over seeds" in (sweep / "compare.md").read_text()
+    assert is_png(sweep / "compare_val_exact_match_vs_params.png") and is_png(sweep / "compare_val_loss.png")
+
+    # interrupt job 3 after its step-2 checkpoint: no summary, adapter or later checkpoint
+    finished = {
+        p: p.read_bytes() for p in (jobs[0] / "summary.json", jobs[1] / "adapter" / "adapter_model.safetensors")
+    }
+    reference = load_file(jobs[3] / "adapter" / "adapter_model.safetensors")
+    for gone in ("summary.json", "adapter", "merged", "checkpoints/step-0000004"):
+        target = jobs[3] / gone
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    runs_before = {j: len(list(j.glob("wandb/offline-run-*"))) for j in jobs}
+
+    # relaunch the grid, extended by r=8, into the same sweep directory
+    proc = multirun(tmp_path, sweep, "variant.r=2,4,8", "seed=1,2", base=TINY_WANDB)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    for job in jobs[:3]:
+        assert f"sweep resume: {job} already completed this config" in log
+        assert len(list(job.glob("wandb/offline-run-*"))) == runs_before[job]  # not run again
+    assert all(p.read_bytes() == data for p, data in finished.items())  # untouched
+    assert f"sweep resume: {jobs[3]} was interrupted, continuing from its newest checkpoint" in log
+    assert "step-0000002/training_state.ckpt" in log
+    resumed = load_file(jobs[3] / "adapter" / "adapter_model.safetensors")
+    assert resumed.keys() == reference.keys()
+    assert all((resumed[k] == reference[k]).all() for k in reference)  # bitwise, as if never stopped
+    assert summary(jobs[3])["after"]["val/loss"] == summaries[3]["after"]["val/loss"]
+    new = [summary(sweep / str(i)) for i in (4, 5)]
+    assert [s["status"] for s in new] == ["completed", "completed"]
+    report = json.loads((sweep / "sweep_summary.json").read_text())
+    assert report["jobs"] == 6 and report["failed"] == 0
+    assert len(list(csv.DictReader((sweep / "compare.csv").open()))) == 3  # r = 2, 4, 8
+
+
+def test_relaunch_with_a_reordered_grid_keeps_every_run(tmp_path):
+    sweep = tmp_path / "sweep"
+    assert multirun(tmp_path, sweep, "variant.r=2,4").returncode == 0
+    first = {i: (sweep / str(i) / "adapter" / "adapter_model.safetensors").read_bytes() for i in (0, 1)}
+    proc = multirun(tmp_path, sweep, "variant.r=4,2")  # job 0 is now r=4: nothing trains again
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "loralab run:" not in proc.stdout  # no job printed a run summary: none trained
+    assert (proc.stdout + proc.stderr).count("held another config") == 2
+    moved = sorted((sweep / "replaced").iterdir())
+    assert len(moved) == 2  # the earlier jobs, kept whole
+    kept = {p.read_bytes() for p in (sweep / "replaced").glob("*/adapter/adapter_model.safetensors")}
+    assert kept == set(first.values())
+    report = json.loads((sweep / "sweep_summary.json").read_text())
+    assert [r["status"] for r in report["runs"]] == ["skipped", "skipped"]
+    for entry, ref in zip(report["runs"], (1, 0), strict=True):  # r=4 is now job 0, r=2 job 1
+        assert (Path(entry["same_as"]) / "adapter" / "adapter_model.safetensors").read_bytes() == first[ref]
+    rows = list(csv.DictReader((sweep / "compare.csv").open()))
+    assert [(r["r"], r["status"]) for r in rows] == [("4", "skipped"), ("2", "skipped")]
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = multirun(tmp_path, sweep, "hydra/launcher=parallel", "variant.target_modules=[q_proj],[nope_proj],[v_proj]")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
+    report = json.loads((sweep / "sweep_summary.json").read_text())
+    assert [r["status"] for r in report["runs"]] == ["completed", "failed", "completed"]
+    pids = {json.loads((sweep / str(i) / "run_meta.json").read_text())["host"]["torch_threads"] for i in (0, 2)}
+    assert pids == {1}  # joblib caps each worker's threads: 2 jobs on 2 cores do not oversubscribe
+    rows = list(csv.DictReader((sweep / "compare.csv").open()))
+    assert [r["status"] for r in rows] == ["completed", "failed", "completed"]
+
+
+def test_submitit_local_executor_runs_a_two_job_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = multirun(tmp_path, sweep, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "variant.r=2,4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (sweep / ".submitit").is_dir()  # submitit ran the jobs, not the basic launcher
+    assert [summary(sweep / str(i))["status"] for i in (0, 1)] == ["completed", "completed"]
+    assert [summary(sweep / str(i))["trainable_params"] for i in (0, 1)] == [4096, 8192]
+
+
+def test_optuna_sweeper_returns_the_best_val_loss(tmp_path):
+    from omegaconf import OmegaConf
+
+    sweep = tmp_path / "sweep"
+    proc = multirun(tmp_path, sweep, "hydra/sweeper=lora_search", "hydra.sweeper.n_trials=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = [summary(sweep / str(i))["after"]["val/loss"] for i in range(3)]
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert best.best_value == pytest.approx(min(losses))
+    winner = json.loads((sweep / str(losses.index(min(losses))) / "run_meta.json").read_text())["overrides"]
+    assert f"variant.r={best.best_params['variant.r']}" in winner
+    # the learning rate varied, so the report shows it as a column
+    header = next(csv.reader((sweep / "compare.csv").open()))
+    assert "optimizer.lr" in header

@@ -78,3 +78,45 @@ def test_run_dir_follows_experiment_name(make_cfg):
     cfg = make_cfg("data=word_sort", "variant.r=4")
     assert cfg.experiment_name == "word_sort_lora"
     assert cfg.variant.r == 4 and cfg.data.builtin_task == "word_sort"
+
+
+@pytest.mark.parametrize(
+    "choice, target, fields",
+    [
+        ("hydra/launcher=parallel", "JoblibLauncher", {"n_jobs": 2}),
+        ("hydra/launcher=submitit_local", "LocalLauncher", {}),
+        ("hydra/launcher=slurm", "SlurmLauncher", {"gpus_per_node": 1, "max_num_timeout": 3, "timeout_min": 240}),
+        ("hydra/sweeper=lora_search", "OptunaSweeper", {"direction": "minimize", "n_trials": 12}),
+    ],
+)
+def test_launcher_and_sweeper_presets_compose(choice, target, fields):
+    """The plugin presets resolve to the plugins' own classes (the SLURM one cannot run here)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[choice], return_hydra_config=True)
+    node = cfg.hydra.launcher if "launcher" in choice else cfg.hydra.sweeper
+    assert node._target_.endswith(target)
+    assert {k: node[k] for k in fields} == fields
+    if "sweeper" in choice:
+        assert set(node.params) == {"variant.r", "variant.alpha", "optimizer.lr"}
+
+
+@pytest.mark.parametrize(
+    "experiment, params",
+    [
+        ("rank_alpha_sweep", {"variant.r": "2,8,32", "variant.alpha": "8,32"}),
+        ("seed_study", {"variant": "lora,rslora", "seed": "1,2,3"}),
+    ],
+)
+def test_sweep_experiments_carry_their_grid(experiment, params):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    assert dict(cfg.hydra.sweeper.params) == params
+    assert cfg.data.name == "word_sort" and cfg.experiment_name == experiment

@@ -9,6 +9,29 @@ import lightning.pytorch as pl
 
 from loralab.reporting.summary import peak_memory, write_summary
 
+SCALARS = (
+    "trainable_params",
+    "adapter_bytes",
+    "tokens_per_s",
+    "peak_rss_mb",
+    "peak_gpu_mb",
+    "merge_max_rel_err",
+    "final_train_loss",
+    "wall_time_s",
+)
+
+
+def publish_to_wandb(trainer: pl.Trainer, summary: dict) -> None:
+    """The run's figures in the W&B run summary (`final/...`), where the runs table, parallel
+    coordinates and scatter plots read them: metric against trainable parameters, per variant."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    figures = {f"final/{k}": summary[k] for k in SCALARS if isinstance(summary.get(k), (int, float))}
+    figures.update({f"final/{k}": v for k, v in (summary.get("after") or {}).items()})
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(figures)
+
 
 class RunSummary(pl.Callback):
     """Collects what the run measured and writes summary.json at fit end or on failure.
@@ -22,6 +45,8 @@ class RunSummary(pl.Callback):
         self.after_step: int | None = None
         self.written = False
 
+    STATE_KEY = "loralab_run_summary"
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         if trainer.state.fn == "validate" and not self.after:
@@ -29,6 +54,23 @@ class RunSummary(pl.Callback):
         elif trainer.state.fn == "fit" and not trainer.sanity_checking:
             self.after = metrics
             self.after_step = trainer.global_step
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        # checkpoints are written right after a validation (before this callback's
+        # on_validation_end): keep that validation's metrics, so that a run resumed from its
+        # last checkpoint still reports them
+        current = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        checkpoint[self.STATE_KEY] = {
+            "before": self.before,
+            "after": current or self.after,
+            "after_step": trainer.global_step if current else self.after_step,
+        }
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        state = checkpoint.get(self.STATE_KEY) or {}
+        self.before = state.get("before") or {}
+        self.after = state.get("after") or {}
+        self.after_step = state.get("after_step")
 
     def collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule, status: str, error: str | None) -> dict:
         """The summary as a dict."""
@@ -57,8 +99,10 @@ class RunSummary(pl.Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
-            write_summary(self.run_dir, self.collect(trainer, pl_module, "completed", None))
+            summary = self.collect(trainer, pl_module, "completed", None)
+            write_summary(self.run_dir, summary)
             self.written = True
+            publish_to_wandb(trainer, summary)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if trainer.is_global_zero:

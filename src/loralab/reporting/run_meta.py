@@ -80,16 +80,53 @@ def flat_config(cfg: DictConfig) -> dict:
     return out
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """A hash of the resolved config (paths of this run excluded)."""
-    data = OmegaConf.to_container(cfg, resolve=True)
-    data.pop("paths", None)
+RESOLVED_CONFIG = "config.yaml"
+# keys that say where a run writes or how it is watched, not what it computes
+UNHASHED = ("paths", "logger", "resume", "ckpt_path", "tags", "experiment_name", "objective")
+
+
+def _placeholders(data: dict) -> list[tuple[str, str]]:
+    paths = data.get("paths") or {}
+    pairs = [
+        (str(paths[k]), f"${{paths.{k}}}") for k in ("run_dir", "output_dir", "cache_dir", "root_dir") if paths.get(k)
+    ]
+    return sorted(pairs, key=lambda p: -len(p[0]))  # the longest (most specific) prefix first
+
+
+def relocate(node: object, pairs: list[tuple[str, str]]) -> object:
+    """Every string that starts with one of the `pairs`' old prefixes, rewritten to the new one."""
+    if isinstance(node, dict):
+        return {k: relocate(v, pairs) for k, v in node.items()}
+    if isinstance(node, list):
+        return [relocate(v, pairs) for v in node]
+    if isinstance(node, str):
+        for old, new in pairs:
+            if node == old or node.startswith(old.rstrip("/") + "/"):
+                return new + node[len(old) :]
+    return node
+
+
+def config_hash(cfg: DictConfig | dict) -> str:
+    """A hash of what a run computes: the resolved config without where it writes (paths, with
+    every path under them written relative to them), loggers, resume settings, tags or name.
+    Two runs with the same hash train the same thing; a sweep skips jobs whose hash finished."""
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    data = relocate(data, _placeholders(data))
+    for key in UNHASHED:
+        data.pop(key, None)
     text = OmegaConf.to_yaml(OmegaConf.create(data), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# set by loralab-rerun: the run this one repeats, and its overrides
+RERUN: dict | None = None
+
+
 def hydra_overrides() -> list[str]:
-    """The command-line overrides of this run, when run as a Hydra app."""
+    """The command-line overrides of this run, when run as a Hydra app (a rerun: the original's
+    overrides followed by the rerun's own)."""
+    if RERUN is not None:
+        return [*(RERUN.get("original_overrides") or []), *RERUN.get("overrides", [])]
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -115,6 +152,9 @@ def write_run_meta(run_dir: str | Path, cfg: DictConfig, model: dict, data: dict
         "command": sys.argv,
         "overrides": hydra_overrides(),
         "config_hash": config_hash(cfg),
+        "config_file": RESOLVED_CONFIG,
+        "rerun_of": (RERUN or {}).get("rerun_of"),
+        "format_version": 1,
         "seed": cfg.seed,
         "data_seed": cfg.data.get("seed"),
         "git": git,
@@ -132,4 +172,9 @@ def write_run_meta(run_dir: str | Path, cfg: DictConfig, model: dict, data: dict
         },
     }
     write_json(run_dir / "run_meta.json", meta)
+    # the resolved config: what `loralab-rerun` runs again (.hydra/config.yaml keeps interpolations)
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    tmp = run_dir / f".{RESOLVED_CONFIG}.tmp"
+    OmegaConf.save(resolved, tmp)
+    tmp.replace(run_dir / RESOLVED_CONFIG)
     return meta

@@ -1,0 +1,458 @@
+"""`loralab-compare`: one table of runs (a sweep, or any run directories), printed and written as
+Markdown, CSV and PNG plots, with aggregation over seeds.
+
+loralab-compare outputs/rank_alpha_sweep/multirun_2026-11-25_10-00-00
+loralab-compare outputs/a/run1 outputs/b/run2 --metric val/loss --out report/
+loralab-compare SWEEP --group-by variant,r --filter variant=lora --filter r=8
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from loralab.errors import LoralabError
+
+# (column, header) in table order; `metric` is the chosen metric's column
+COLUMNS = (
+    ("run", "run"),
+    ("status", "status"),
+    ("variant", "variant"),
+    ("r", "r"),
+    ("alpha", "alpha"),
+    ("targets", "target modules"),
+    ("seed", "seed"),
+    ("trainable", "trainable"),
+    ("adapter_bytes", "adapter bytes"),
+    ("peak_mb", "peak MB"),
+    ("tokens_per_s", "tokens/s"),
+    ("val_loss", "val loss"),
+    ("metric", "metric"),
+    ("merge_err", "merge rel err"),
+)
+CONFIG_COLUMNS = ("variant", "r", "alpha", "targets")
+# overrides already shown by a column of their own
+SHOWN = {"variant", "variant.name", "variant.r", "variant.alpha", "variant.target_modules", "seed"}
+NUMERIC = ("trainable", "adapter_bytes", "peak_mb", "tokens_per_s", "val_loss", "metric", "merge_err")
+PREFERRED_METRICS = ("val/exact_match", "val/accuracy", "val/loss")
+
+
+class CompareError(LoralabError):
+    """Runs that cannot be compared, or nothing to compare."""
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError as exc:
+        raise CompareError(f"{path} is not valid JSON ({exc}): the run directory is damaged") from exc
+
+
+def _config(run_dir: Path) -> dict:
+    """The run's resolved config (config.yaml), or Hydra's saved one for runs that lack it."""
+    from omegaconf import OmegaConf
+
+    for name in ("config.yaml", ".hydra/config.yaml"):
+        path = run_dir / name
+        if path.is_file():
+            return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    return {}
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "summary.json").is_file() or (path / "run_meta.json").is_file()
+
+
+def find_runs(paths: list[str]) -> list[Path]:
+    """Run directories: each path itself when it is one, else the job directories inside it."""
+    runs: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_dir():
+            raise CompareError(f"{raw} is not a directory: pass run directories or sweep directories")
+        if is_run_dir(path):
+            runs.append(path)
+            continue
+        inside = sorted((p for p in path.iterdir() if p.is_dir() and is_run_dir(p)), key=_order)
+        if not inside:
+            raise CompareError(
+                f"no runs in {raw}: a run directory holds summary.json and run_meta.json; a sweep directory holds them "
+                "one level down"
+            )
+        runs.extend(inside)
+    return list(dict.fromkeys(p.resolve() for p in runs))
+
+
+def _order(path: Path) -> tuple:
+    return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
+
+
+def _metrics_curve(run_dir: Path, key: str = "val/loss") -> list[tuple[int, float]]:
+    """(step, value) of `key` from metrics.csv (and earlier parts set aside on resume)."""
+    points: dict[int, float] = {}
+    for path in sorted(run_dir.glob("metrics*.csv")):
+        with path.open() as fh:
+            for row in csv.DictReader(fh):
+                if row.get(key) not in (None, "") and row.get("step") not in (None, ""):
+                    points[int(float(row["step"]))] = float(row[key])
+    return sorted(points.items())
+
+
+def load_run(run_dir: Path, label: str) -> dict[str, Any]:
+    """One table row for a run directory (a skipped sweep job reads the run it matched)."""
+    summary = _read_json(run_dir / "summary.json")
+    source = run_dir
+    if summary.get("status") == "skipped" and summary.get("same_as"):
+        from loralab.sweep import resolve_same_as
+
+        found = resolve_same_as(summary, run_dir)
+        if found is None:
+            summary = {"status": "failed", "error": f"skipped as a repeat of {summary['same_as']}, which is gone"}
+        else:
+            source = found
+            summary = {**_read_json(source / "summary.json"), "status": "skipped"}
+    cfg = _config(source) or _config(run_dir)
+    meta = _read_json(source / "run_meta.json") or _read_json(run_dir / "run_meta.json")
+    overrides = {}
+    for item in meta.get("overrides") or []:
+        key, sep, value = item.partition("=")
+        if sep and not key.lstrip("+~").startswith("hydra."):
+            overrides[key.lstrip("+~")] = value
+    variant = cfg.get("variant") or {}
+    targets = variant.get("target_modules")
+    peak = summary.get("peak_gpu_mb") or summary.get("peak_rss_mb")
+    return {
+        "run": label,
+        "run_dir": str(run_dir),
+        "status": summary.get("status") or "no summary",
+        "error": summary.get("error"),
+        "variant": variant.get("name"),
+        "r": variant.get("r"),
+        "alpha": variant.get("alpha"),
+        "targets": ",".join(targets) if isinstance(targets, list) else targets,
+        "seed": cfg.get("seed"),
+        "trainable": summary.get("trainable_params"),
+        "adapter_bytes": summary.get("adapter_bytes"),
+        "peak_mb": peak,
+        "tokens_per_s": summary.get("tokens_per_s"),
+        "after": summary.get("after") or {},
+        "val_loss": (summary.get("after") or {}).get("val/loss"),
+        "merge_err": summary.get("merge_max_rel_err"),
+        "config": cfg,
+        "overrides": overrides,
+        "curve": _metrics_curve(source),
+    }
+
+
+def varied_overrides(runs: list[dict]) -> list[str]:
+    """Command-line keys whose values differ between the runs and that no column shows already
+    (optimizer.lr in an Optuna search, data=... in a grid over tasks)."""
+    keys = list(dict.fromkeys(k for r in runs for k in r["overrides"]))
+    return [k for k in keys if k not in SHOWN and len({r["overrides"].get(k) for r in runs}) > 1]
+
+
+def _labels(runs: list[Path]) -> list[str]:
+    """Short names: the path below the runs' common parent."""
+    if len(runs) == 1:
+        return [runs[0].name]
+    common = Path(os.path.commonpath([str(p) for p in runs]))
+    return [str(p.relative_to(common)) for p in runs]
+
+
+def choose_metric(rows: list[dict], metric: str | None) -> str:
+    """The metric to compare; every completed run must have measured it."""
+    done = [r for r in rows if r["status"] in ("completed", "skipped")]
+    if not done:
+        raise CompareError("no completed run to compare: every run failed or is still running (see the status column)")
+    if metric is None:
+        # each run's headline metric (exact match for generation, accuracy for classification)
+        primary = {next((m for m in PREFERRED_METRICS if m in r["after"]), None) for r in done}
+        metric = primary.pop() if len(primary) == 1 else None
+        if metric is None:
+            raise CompareError(
+                "the runs measured different metrics ("
+                + "; ".join(f"{r['run']}: {', '.join(sorted(r['after'])) or 'none'}" for r in done[:3])
+                + "): pass --metric with one they all have"
+            )
+        return metric
+    lacking = [r["run"] for r in done if metric not in r["after"]]
+    if lacking:
+        have = sorted(set().union(*(r["after"] for r in done)))
+        raise CompareError(
+            f"--metric {metric} was not measured by {len(lacking)} run(s) ({', '.join(lacking[:3])}); "
+            f"measured metrics: {', '.join(have)}"
+        )
+    return metric
+
+
+def _get(row: dict, key: str) -> Any:
+    if key in row:
+        return row[key]
+    if key in row.get("overrides", {}):
+        return row["overrides"][key]
+    node: Any = row["config"]
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def apply_filters(rows: list[dict], filters: list[str]) -> list[dict]:
+    """Keep rows where each `key=value` holds (a column name or a dotted config key)."""
+    for item in filters:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CompareError(
+                f"--filter {item!r}: write key=value, e.g. --filter variant=lora or --filter variant.r=8"
+            )
+        if all(_get(r, key) is None for r in rows):
+            raise CompareError(f"--filter {item!r}: no run has {key!r}; columns: {', '.join(c for c, _ in COLUMNS)}")
+        rows = [r for r in rows if str(_get(r, key)) == value]
+    if not rows:
+        raise CompareError(f"no run is left after the filters {' '.join(filters)}")
+    return rows
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def aggregate(rows: list[dict], group_by: list[str]) -> list[dict]:
+    """One row per group of completed runs (normally: the same config over seeds): numeric
+    columns as mean and std, `n` the number of runs. Failed runs are listed per group."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(str(_get(row, k)) for k in group_by), []).append(row)
+    out = []
+    for members in groups.values():
+        done = [m for m in members if m["status"] in ("completed", "skipped")]
+        agg: dict[str, Any] = {k: _get(members[0], k) for k in group_by}
+        agg.update(
+            run=", ".join(m["run"] for m in members),
+            status=f"{len(done)}/{len(members)} completed",
+            seed=",".join(str(m["seed"]) for m in members),
+            n=len(done),
+            config=members[0]["config"],
+        )
+        for key in NUMERIC:
+            values = [float(m[key]) for m in done if isinstance(m.get(key), (int, float))]
+            if values:
+                agg[key], agg[f"{key}_std"] = _mean_std(values)
+        for key in CONFIG_COLUMNS:
+            agg.setdefault(key, _get(members[0], key))
+        agg["overrides"] = members[0]["overrides"]
+        out.append(agg)
+    return out
+
+
+def _fmt(key: str, value: Any, std: Any = None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, str):
+        try:  # an override's value: 0.0013846905247421062 -> 0.001385
+            value = float(value) if any(c in value for c in ".e") else value
+        except ValueError:
+            pass
+    if key in ("trainable", "adapter_bytes") and isinstance(value, (int, float)):
+        text = f"{value:,.0f}"
+    elif key == "merge_err" and isinstance(value, float):
+        text = f"{value:.1e}"
+    elif isinstance(value, float) and key in ("peak_mb", "tokens_per_s"):
+        text = f"{value:,.0f}"
+    elif isinstance(value, float):
+        text = f"{value:.4g}"
+    else:
+        text = str(value)
+    if std is not None and isinstance(std, float):
+        text += f" ± {std:.2g}" if key != "merge_err" else f" ± {std:.1e}"
+    return text
+
+
+def columns(extra: list[str]) -> list[tuple[str, str]]:
+    """The table's (key, header) pairs: the fixed ones with `extra` keys after seed."""
+    cols = list(COLUMNS)
+    at = [k for k, _ in cols].index("seed") + 1
+    return cols[:at] + [(k, k) for k in extra] + cols[at:]
+
+
+def table_rows(rows: list[dict], metric: str, extra: list[str] = ()) -> tuple[list[str], list[list[str]]]:
+    cols = columns(list(extra))
+    headers = [metric if key == "metric" else header for key, header in cols]
+    aggregated = any("n" in r for r in rows)
+    if aggregated:
+        headers.insert(2, "n")
+    body = []
+    for row in rows:
+        cells = [_fmt(key, _get(row, key), row.get(f"{key}_std") if aggregated else None) for key, _ in cols]
+        if aggregated:
+            cells.insert(2, str(row["n"]))
+        body.append(cells)
+    return headers, body
+
+
+def write_markdown(path: Path, headers: list[str], body: list[list[str]], title: str) -> None:
+    lines = [f"# {title}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in cells) + " |" for cells in body]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_csv(path: Path, rows: list[dict], metric: str, extra: list[str] = ()) -> None:
+    keys = [k for k, _ in columns(list(extra))]
+    stats = sorted({k for r in rows for k in r if k.endswith("_std") or k == "n"})
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([metric if k == "metric" else k for k in keys] + stats)
+        for row in rows:
+            writer.writerow(["" if _get(row, k) is None else _get(row, k) for k in keys + stats])
+
+
+def plot(rows: list[dict], runs: list[dict], metric: str, out: Path) -> list[Path]:
+    """metric against trainable parameters (one series per variant, std bars when aggregated)
+    and val loss curves per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for variant in sorted({str(r.get("variant")) for r in rows}):
+        series = sorted(
+            (
+                r
+                for r in rows
+                if str(r.get("variant")) == variant and r.get("metric") is not None and r.get("trainable")
+            ),
+            key=lambda r: r["trainable"],
+        )
+        if series:
+            ax.errorbar(
+                [r["trainable"] for r in series],
+                [r["metric"] for r in series],
+                yerr=[r.get("metric_std") or 0.0 for r in series],
+                marker="o",
+                capsize=3,
+                label=variant,
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(title="variant")
+    fig.tight_layout()
+    path = out / f"compare_{metric.replace('/', '_')}_vs_params.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    written.append(path)
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for run in runs:
+        if run["curve"]:
+            steps, values = zip(*run["curve"], strict=True)
+            ax.plot(steps, values, marker=".", label=run["run"])
+    ax.set_xlabel("step")
+    ax.set_ylabel("val loss")
+    ax.grid(alpha=0.3)
+    if len(runs) <= 16:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = out / "compare_val_loss.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    written.append(path)
+    return written
+
+
+def compare(
+    paths: list[str],
+    metric: str | None = None,
+    group_by: list[str] | None = None,
+    aggregate_seeds: str = "auto",
+    filters: list[str] | None = None,
+    out: str | Path | None = None,
+    plots: bool = True,
+    echo: bool = True,
+) -> dict:
+    """Build the comparison; print it; write compare.md, compare.csv and the plots into `out`."""
+    run_dirs = find_runs(paths)
+    runs = [load_run(d, label) for d, label in zip(run_dirs, _labels(run_dirs), strict=True)]
+    runs = apply_filters(runs, filters or [])
+    metric = choose_metric(runs, metric)
+    for run in runs:
+        run["metric"] = run["after"].get(metric)
+    extra = varied_overrides(runs)
+    group_by = group_by or [*CONFIG_COLUMNS, *extra]
+    seeds_per_group: dict[tuple, set] = {}
+    for run in runs:
+        seeds_per_group.setdefault(tuple(str(_get(run, k)) for k in group_by), set()).add(run["seed"])
+    if aggregate_seeds not in ("auto", "seed", "none"):
+        raise CompareError(f"--aggregate {aggregate_seeds!r}: choose auto, seed or none")
+    do_aggregate = aggregate_seeds == "seed" or (
+        aggregate_seeds == "auto" and any(len(s) > 1 for s in seeds_per_group.values())
+    )
+    rows = aggregate(runs, group_by) if do_aggregate else runs
+    headers, body = table_rows(rows, metric, extra)
+    title = f"loralab comparison: {len(runs)} runs" + (
+        f", mean ± std over seeds by {', '.join(group_by)}" if do_aggregate else ""
+    )
+    if echo:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title)
+        for header in headers:
+            table.add_column(header, overflow="fold")
+        for cells in body:
+            table.add_row(*cells)
+        Console(width=200).print(table)
+    out_dir = Path(out) if out is not None else (Path(paths[0]) if len(paths) == 1 else Path("loralab-compare"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "compare.md", out_dir / "compare.csv"]
+    write_markdown(written[0], headers, body, title)
+    write_csv(written[1], rows, metric, extra)
+    if plots:
+        written += plot(rows, runs, metric, out_dir)
+    if echo:
+        print("written: " + ", ".join(str(p) for p in written))
+    return {"metric": metric, "rows": rows, "runs": runs, "files": written, "aggregated": do_aggregate}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="loralab-compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", help="run directories or sweep directories")
+    parser.add_argument("--metric", help="final validation metric to compare (default: exact match, accuracy or loss)")
+    parser.add_argument(
+        "--group-by", help="comma-separated columns or config keys for aggregation (default: variant,r,alpha,targets)"
+    )
+    parser.add_argument("--aggregate", default="auto", help="auto (over seeds when a group has several), seed, or none")
+    parser.add_argument("--filter", action="append", default=[], help="key=value; repeat to combine")
+    parser.add_argument("--out", help="where compare.md, compare.csv and the PNGs go (default: the one path given)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    args = parser.parse_args(argv)
+    try:
+        compare(
+            args.paths,
+            metric=args.metric,
+            group_by=args.group_by.split(",") if args.group_by else None,
+            aggregate_seeds=args.aggregate,
+            filters=args.filter,
+            out=args.out,
+            plots=not args.no_plots,
+        )
+    except LoralabError as exc:
+        print(f"loralab-compare: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

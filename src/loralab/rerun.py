@@ -1,0 +1,240 @@
+"""`loralab-rerun`: run an experiment again from what its run directory saved, and check that it
+gives the same numbers.
+
+loralab-rerun outputs/dates_lora/2026-11-25_10-00-00            # into <run_dir>.rerun-<time>
+loralab-rerun outputs/dates_lora/2026-11-25_10-00-00 --verify   # then compare, exit 1 on a difference
+loralab-rerun RUN_DIR --verify trainer.max_steps=80             # a changed setting (verify reports it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from loralab.errors import LoralabError
+
+log = logging.getLogger("loralab")
+FORMAT_VERSION = 1
+
+
+class RerunError(LoralabError):
+    """A run directory that cannot be rerun or verified."""
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise RerunError(f"{path.parent} has no {path.name}: {what}") from exc
+    except ValueError as exc:
+        raise RerunError(f"{path} is not valid JSON ({exc}): the run directory is damaged") from exc
+
+
+def load_original(run_dir: Path) -> tuple[Any, dict]:
+    """The saved resolved config and run_meta.json of a run directory, checked."""
+    from omegaconf import OmegaConf
+
+    if not run_dir.is_dir():
+        raise RerunError(f"{run_dir} is not a directory: pass the run directory a training run wrote")
+    meta = _read_json(run_dir / "run_meta.json", "pass the run directory a training run wrote (it holds run_meta.json)")
+    version = meta.get("format_version")
+    if version is None or not (run_dir / meta.get("config_file", "config.yaml")).is_file():
+        raise RerunError(
+            f"{run_dir} was written by an older loralab (no saved resolved config): rerun it by hand with its "
+            f"overrides: loralab-train {' '.join(meta.get('overrides') or [])}".rstrip()
+        )
+    if version > FORMAT_VERSION:
+        raise RerunError(f"{run_dir} was written by a newer loralab (format {version}); upgrade loralab to rerun it")
+    return OmegaConf.load(run_dir / meta["config_file"]), meta
+
+
+def environment_differences(meta: dict, run_dir: Path) -> list[str]:
+    """What differs between the original run's code and packages and this machine's."""
+    from loralab.reporting.run_meta import git_state, package_versions
+
+    notes = []
+    then = meta.get("git") or {}
+    now = git_state(Path(__file__).resolve().parents[2])
+    old_diff = (
+        (run_dir / then["diff_file"]).read_text()
+        if then.get("diff_file") and (run_dir / then["diff_file"]).is_file()
+        else None
+    )
+    if then.get("commit") != now.get("commit"):
+        notes.append(f"git commit differs: original {then.get('commit')}, now {now.get('commit')}")
+    elif (old_diff or None) != (now.get("diff") or None):
+        notes.append(
+            f"the source tree's uncommitted changes differ from the original run's (commit {now.get('commit')}; "
+            f"the original's are in {run_dir / (then.get('diff_file') or 'git_diff.patch')})"
+        )
+    versions = package_versions()
+    changed = [
+        f"{name} {old} -> {versions.get(name)}"
+        for name, old in (meta.get("packages") or {}).items()
+        if versions.get(name) != old
+    ]
+    if changed:
+        notes.append("package versions differ: " + ", ".join(changed))
+    return notes
+
+
+def rerun_config(original: Any, run_dir: Path, new_dir: Path, overrides: list[str]) -> Any:
+    """The original resolved config, writing into `new_dir`, fresh (no resume), with `overrides`."""
+    from omegaconf import OmegaConf
+
+    from loralab.reporting.run_meta import relocate
+
+    data = OmegaConf.to_container(original, resolve=False)
+    old = str(data["paths"]["run_dir"])
+    data = relocate(data, [(old, str(new_dir))])
+    data["resume"] = None
+    data["ckpt_path"] = None
+    wandb = (data.get("logger") or {}).get("wandb")
+    if isinstance(wandb, dict) and wandb.get("name"):
+        wandb["name"] = f"{wandb['name']}_rerun"
+    cfg = OmegaConf.create(data)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RerunError(f"override {item!r}: write key=value, e.g. trainer.max_steps=80")
+        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            raise RerunError(f"override {item!r}: the saved config has no key {key!r}")
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+    return cfg
+
+
+def _tensors(adapter_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    out = {}
+    for path in sorted(adapter_dir.glob("*.safetensors")):
+        out.update({f"{path.name}:{k}": v for k, v in load_file(path).items()})
+    return out
+
+
+def verify(original_dir: Path, new_dir: Path) -> list[str]:
+    """Differences between two runs: status, step count, trainable count, every final metric
+    (exact float equality) and every adapter tensor (bitwise)."""
+    import torch
+
+    a = _read_json(original_dir / "summary.json", "the original run has no summary")
+    b = _read_json(new_dir / "summary.json", "the rerun wrote no summary")
+    diffs = []
+    for key in ("status", "global_step", "trainable_params", "final_train_loss"):
+        if a.get(key) != b.get(key):
+            diffs.append(f"{key}: {a.get(key)} -> {b.get(key)}")
+    before, after = a.get("after") or {}, b.get("after") or {}
+    for key in sorted(set(before) | set(after)):
+        if before.get(key) != after.get(key):
+            diffs.append(f"{key}: {before.get(key)!r} -> {after.get(key)!r}")
+    ta, tb = _tensors(original_dir / "adapter"), _tensors(new_dir / "adapter")
+    if not ta:
+        diffs.append(f"the original run has no adapter tensors in {original_dir / 'adapter'}")
+    for name in sorted(set(ta) | set(tb)):
+        if name not in ta or name not in tb:
+            diffs.append(f"adapter tensor {name}: only in the {'rerun' if name in tb else 'original'}")
+        elif ta[name].dtype != tb[name].dtype or ta[name].shape != tb[name].shape:
+            old, new = ta[name], tb[name]
+            diffs.append(f"adapter tensor {name}: {old.dtype}{list(old.shape)} -> {new.dtype}{list(new.shape)}")
+        elif not torch.equal(ta[name], tb[name]):
+            err = (ta[name].double() - tb[name].double()).abs().max().item()
+            diffs.append(f"adapter tensor {name}: differs (max abs difference {err:.3g})")
+    return diffs
+
+
+def _log_to(run_dir: Path) -> None:
+    """Console and train.log, as a Hydra run has them."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / "train.log")):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+
+
+def rerun(
+    run_dir: str | Path, out: str | Path | None = None, overrides: list[str] | None = None, check: bool = False
+) -> int:
+    """Run again; with `check`, compare with the original. Returns the exit code."""
+    import torch
+
+    from loralab.config import validate
+    from loralab.reporting import run_meta
+    from loralab.reporting.run_meta import config_hash
+
+    run_dir = Path(run_dir).resolve()
+    original, meta = load_original(run_dir)
+    summary = run_dir / "summary.json"
+    if check and json.loads(summary.read_text() if summary.is_file() else "{}").get("status") != "completed":
+        raise RerunError(f"{run_dir} did not complete (see its summary.json): there is nothing to verify against")
+    new_dir = (
+        Path(out).resolve() if out else run_dir.with_name(f"{run_dir.name}.rerun-{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+    )
+    if new_dir.exists() and any(new_dir.iterdir()):
+        raise RerunError(f"{new_dir} already exists and is not empty: pass --out to a new directory")
+    cfg = rerun_config(original, run_dir, new_dir, overrides or [])
+    validate(cfg)  # bad overrides fail here, before anything loads
+    _log_to(new_dir)
+    for note in environment_differences(meta, run_dir):
+        print(f"loralab-rerun: warning: {note}", file=sys.stderr)
+    threads = (meta.get("host") or {}).get("torch_threads")
+    if threads and threads != torch.get_num_threads():
+        log.info(
+            "using %d torch threads as the original run did (this process had %d)", threads, torch.get_num_threads()
+        )
+        torch.set_num_threads(threads)
+    run_meta.RERUN = {
+        "rerun_of": str(run_dir),
+        "original_overrides": meta.get("overrides"),
+        "overrides": overrides or [],
+    }
+    log.info("rerunning %s into %s", run_dir, new_dir)
+
+    from loralab.train import run
+
+    run(cfg)
+    if not check:
+        return 0
+    diffs = verify(run_dir, new_dir)
+    if config_hash(cfg) != meta.get("config_hash"):
+        diffs.insert(
+            0, f"config hash: {meta.get('config_hash')} -> {config_hash(cfg)} (overrides: {' '.join(overrides or [])})"
+        )
+    if diffs:
+        print(
+            f"loralab-rerun: verify failed: {len(diffs)} difference(s) between {run_dir} and {new_dir}:",
+            file=sys.stderr,
+        )
+        for line in diffs[:12]:
+            print(f"  {line}", file=sys.stderr)
+        if len(diffs) > 12:
+            print(f"  ... and {len(diffs) - 12} more", file=sys.stderr)
+        return 1
+    n = len(_tensors(new_dir / "adapter"))
+    print(f"loralab-rerun: verify passed: final metrics and {n} adapter tensors are bitwise identical ({new_dir})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="loralab-rerun", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="a run directory (it holds run_meta.json and config.yaml)")
+    parser.add_argument("--verify", action="store_true", help="compare final metrics and adapter tensors bitwise")
+    parser.add_argument("--out", help="the new run directory (default: <run_dir>.rerun-<time>)")
+    parser.add_argument("overrides", nargs="*", help="key=value changes to the saved config")
+    args = parser.parse_intermixed_args(argv)
+    try:
+        code = rerun(args.run_dir, args.out, args.overrides, check=args.verify)
+    except LoralabError as exc:
+        print(f"loralab-rerun: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
