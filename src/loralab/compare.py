@@ -69,7 +69,8 @@ def _config(run_dir: Path) -> dict:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / "summary.json").is_file() or (path / "run_meta.json").is_file()
+    """A run directory, or a sweep's job directory that died before writing anything of its own."""
+    return any((path / name).exists() for name in ("summary.json", "run_meta.json", ".hydra"))
 
 
 def find_runs(paths: list[str]) -> list[Path]:
@@ -120,6 +121,7 @@ def load_run(run_dir: Path, label: str) -> dict[str, Any]:
         else:
             source = found
             summary = {**_read_json(source / "summary.json"), "status": "skipped"}
+            label = f"{label} (= {found.parent.name + '/' if found.parent.name == 'replaced' else ''}{found.name})"
     cfg = _config(source) or _config(run_dir)
     meta = _read_json(source / "run_meta.json") or _read_json(run_dir / "run_meta.json")
     overrides = {}
@@ -148,9 +150,22 @@ def load_run(run_dir: Path, label: str) -> dict[str, Any]:
         "val_loss": (summary.get("after") or {}).get("val/loss"),
         "merge_err": summary.get("merge_max_rel_err"),
         "config": cfg,
+        # what the run computed, apart from its seed: runs with the same setup are seeds of one config
+        "setup": _setup_key(cfg),
         "overrides": overrides,
         "curve": _metrics_curve(source),
     }
+
+
+def _setup_key(cfg: dict) -> str | None:
+    from loralab.reporting.run_meta import config_hash
+
+    if not cfg:
+        return None
+    try:
+        return config_hash({k: v for k, v in cfg.items() if k != "seed"})
+    except Exception:  # a config that does not resolve (an old run's .hydra/config.yaml)
+        return None
 
 
 def varied_overrides(runs: list[dict]) -> list[str]:
@@ -217,22 +232,33 @@ def apply_filters(rows: list[dict], filters: list[str]) -> list[dict]:
             )
         if all(_get(r, key) is None for r in rows):
             raise CompareError(f"--filter {item!r}: no run has {key!r}; columns: {', '.join(c for c, _ in COLUMNS)}")
-        rows = [r for r in rows if str(_get(r, key)) == value]
+        rows = [r for r in rows if _same(_get(r, key), value)]
     if not rows:
         raise CompareError(f"no run is left after the filters {' '.join(filters)}")
     return rows
+
+
+def _same(actual: Any, wanted: str) -> bool:
+    """A filter's value against a run's: as numbers when both are numbers (alpha=16 matches 16.0)."""
+    try:
+        return float(actual) == float(wanted)
+    except (TypeError, ValueError):
+        return str(actual) == wanted
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def aggregate(rows: list[dict], group_by: list[str]) -> list[dict]:
-    """One row per group of completed runs (normally: the same config over seeds): numeric
-    columns as mean and std, `n` the number of runs. Failed runs are listed per group."""
+def aggregate(rows: list[dict], group_by: list[str] | None) -> list[dict]:
+    """One row per group of runs: numeric columns as mean and std over the completed ones, `n`
+    their number. Without `group_by`, a group is the runs whose whole config is the same but
+    for the seed."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault(tuple(str(_get(row, k)) for k in group_by), []).append(row)
+        key = tuple(str(_get(row, k)) for k in group_by) if group_by else (row["setup"] or row["run"],)
+        groups.setdefault(key, []).append(row)
+    group_by = group_by or list(CONFIG_COLUMNS)
     out = []
     for members in groups.values():
         done = [m for m in members if m["status"] in ("completed", "skipped")]
@@ -391,10 +417,10 @@ def compare(
     for run in runs:
         run["metric"] = run["after"].get(metric)
     extra = varied_overrides(runs)
-    group_by = group_by or [*CONFIG_COLUMNS, *extra]
     seeds_per_group: dict[tuple, set] = {}
     for run in runs:
-        seeds_per_group.setdefault(tuple(str(_get(run, k)) for k in group_by), set()).add(run["seed"])
+        key = tuple(str(_get(run, k)) for k in group_by) if group_by else (run["setup"] or run["run"],)
+        seeds_per_group.setdefault(key, set()).add(run["seed"])
     if aggregate_seeds not in ("auto", "seed", "none"):
         raise CompareError(f"--aggregate {aggregate_seeds!r}: choose auto, seed or none")
     do_aggregate = aggregate_seeds == "seed" or (
@@ -402,9 +428,8 @@ def compare(
     )
     rows = aggregate(runs, group_by) if do_aggregate else runs
     headers, body = table_rows(rows, metric, extra)
-    title = f"loralab comparison: {len(runs)} runs" + (
-        f", mean ± std over seeds by {', '.join(group_by)}" if do_aggregate else ""
-    )
+    by = ", ".join(group_by) if group_by else "config (all but the seed)"
+    title = f"loralab comparison: {len(runs)} runs" + (f", mean ± std over seeds by {by}" if do_aggregate else "")
     if echo:
         from rich.console import Console
         from rich.table import Table
@@ -432,7 +457,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("paths", nargs="+", help="run directories or sweep directories")
     parser.add_argument("--metric", help="final validation metric to compare (default: exact match, accuracy or loss)")
     parser.add_argument(
-        "--group-by", help="comma-separated columns or config keys for aggregation (default: variant,r,alpha,targets)"
+        "--group-by",
+        help="comma-separated columns or config keys that define a group for aggregation "
+        "(default: runs whose whole config but the seed is the same)",
     )
     parser.add_argument("--aggregate", default="auto", help="auto (over seeds when a group has several), seed, or none")
     parser.add_argument("--filter", action="append", default=[], help="key=value; repeat to combine")

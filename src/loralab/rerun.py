@@ -1,7 +1,7 @@
 """`loralab-rerun`: run an experiment again from what its run directory saved, and check that it
 gives the same numbers.
 
-loralab-rerun outputs/dates_lora/2026-11-25_10-00-00            # into <run_dir>.rerun-<time>
+loralab-rerun outputs/dates_lora/2026-11-25_10-00-00            # into outputs/dates_lora/reruns/<run>-<time>
 loralab-rerun outputs/dates_lora/2026-11-25_10-00-00 --verify   # then compare, exit 1 on a difference
 loralab-rerun RUN_DIR --verify trainer.max_steps=80             # a changed setting (verify reports it)
 """
@@ -102,9 +102,18 @@ def rerun_config(original: Any, run_dir: Path, new_dir: Path, overrides: list[st
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise RerunError(f"override {item!r}: write key=value, e.g. trainer.max_steps=80")
-        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+        current = OmegaConf.select(cfg, key, default="__missing__")
+        if isinstance(current, str) and current == "__missing__":
             raise RerunError(f"override {item!r}: the saved config has no key {key!r}")
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        if OmegaConf.is_config(current):
+            raise RerunError(
+                f"override {item!r}: {key} is a config section; a rerun changes values (e.g. {key}.<field>=...), "
+                f"not config groups: for another {key}, run loralab-train {key}=... with the original overrides"
+            )
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        except Exception as exc:  # a malformed value: YAML or OmegaConf says why
+            raise RerunError(f"override {item!r}: {str(exc).splitlines()[0]}") from exc
     return cfg
 
 
@@ -173,9 +182,10 @@ def rerun(
     summary = run_dir / "summary.json"
     if check and json.loads(summary.read_text() if summary.is_file() else "{}").get("status") != "completed":
         raise RerunError(f"{run_dir} did not complete (see its summary.json): there is nothing to verify against")
-    new_dir = (
-        Path(out).resolve() if out else run_dir.with_name(f"{run_dir.name}.rerun-{time.strftime('%Y-%m-%d_%H-%M-%S')}")
-    )
+    # beside the original, under reruns/: never a job directory of a sweep (a sweep's report and
+    # its resume would count it as a job)
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    new_dir = Path(out).resolve() if out else run_dir.parent / "reruns" / f"{run_dir.name}-{stamp}"
     if new_dir.exists() and any(new_dir.iterdir()):
         raise RerunError(f"{new_dir} already exists and is not empty: pass --out to a new directory")
     cfg = rerun_config(original, run_dir, new_dir, overrides or [])
@@ -225,13 +235,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="loralab-rerun", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a run directory (it holds run_meta.json and config.yaml)")
     parser.add_argument("--verify", action="store_true", help="compare final metrics and adapter tensors bitwise")
-    parser.add_argument("--out", help="the new run directory (default: <run_dir>.rerun-<time>)")
+    parser.add_argument("--out", help="the new run directory (default: <run_dir parent>/reruns/<name>-<time>)")
     parser.add_argument("overrides", nargs="*", help="key=value changes to the saved config")
     args = parser.parse_intermixed_args(argv)
     try:
         code = rerun(args.run_dir, args.out, args.overrides, check=args.verify)
-    except LoralabError as exc:
-        print(f"loralab-rerun: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        # objects built by hydra.utils.instantiate arrive wrapped in an InstantiationException
+        error = exc if isinstance(exc, LoralabError) else exc.__cause__
+        if not isinstance(error, LoralabError):
+            raise
+        print(f"loralab-rerun: error: {error}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code)
 

@@ -61,12 +61,16 @@ def plan_job(cfg: DictConfig) -> dict | None:
     sweep_dir = run_dir.parent
     wanted = config_hash(cfg)
     own_hash, own_status = job_state(run_dir)
-    if own_hash == wanted and own_status in ("completed", "skipped"):
+    if own_hash == wanted and own_status == "completed":
         log.info("sweep resume: %s already completed this config (hash %s), skipped", run_dir, wanted)
         return _read(run_dir / "summary.json")
     if own_hash is not None and own_hash != wanted:
         keep = sweep_dir / REPLACED / f"{run_dir.name}-{own_hash}"
-        keep.mkdir(parents=True, exist_ok=True)
+        n = 1
+        while keep.exists():  # the same config moved out before: keep both
+            n += 1
+            keep = sweep_dir / REPLACED / f"{run_dir.name}-{own_hash}-{n}"
+        keep.mkdir(parents=True)
         for item in run_dir.iterdir():
             if item.name not in (".hydra", "train.log"):
                 shutil.move(str(item), keep / item.name)
@@ -106,10 +110,13 @@ def collect_jobs(sweep_dir: str | Path) -> list[dict]:
         summary = job_dir / "summary.json"
         entry: dict[str, Any] = {"job": job_dir.name, "run_dir": str(job_dir)}
         if summary.is_file():
-            data = json.loads(summary.read_text())
+            data = _read(summary)
             entry.update(status=data.get("status", "unknown"), error=data.get("error"))
             if data.get("same_as"):
-                entry["same_as"] = str(resolve_same_as(data, job_dir))
+                found = resolve_same_as(data, job_dir)
+                entry["same_as"] = str(found) if found else None
+                if found is None:
+                    entry.update(status="failed", error=f"skipped as a repeat of {data['same_as']}, which is gone")
         else:
             entry.update(status="failed", error="no summary.json: the job stopped before training")
         overrides = job_dir / ".hydra" / "overrides.yaml"
@@ -140,6 +147,8 @@ class SweepReport(Callback):
                 compare([str(sweep_dir)], out=sweep_dir, metric=self.metric)
             except LoralabError as exc:
                 log.warning("no comparison report for %s: %s", sweep_dir, exc)
+            except Exception:  # the report must not hide the sweep's own result
+                log.exception("the comparison report for %s failed", sweep_dir)
         if failed:
             detail = "; ".join(f"job {j['job']}: {j['error']}" for j in failed[:3])
             print(

@@ -100,15 +100,16 @@ def run(cfg: DictConfig) -> dict:
     from loralab.reporting.summary import SUMMARY_FILE, print_summary, write_failed_summary
 
     run_dir = Path(cfg.paths.run_dir)
-    if _in_multirun():
-        from loralab.sweep import plan_job
-
-        kept = plan_job(cfg)  # a relaunched sweep: finished configs are skipped
-        if kept is not None:
-            return kept
     started = time.time()
     failed = True
     try:
+        if _in_multirun():
+            from loralab.sweep import plan_job
+
+            kept = plan_job(cfg)  # a relaunched sweep: finished configs are skipped
+            if kept is not None:
+                failed = False
+                return kept
         summary, _ = train(cfg)
         failed = False
     except BaseException as exc:
@@ -136,7 +137,14 @@ def objective_value(summary: dict, metric: str | None) -> float | None:
     run failed or did not measure it (the sweeper records the trial as failed)."""
     if not metric:
         return None
-    value = (summary.get("after") or {}).get(metric)
+    after = summary.get("after") or {}
+    value = after.get(metric)
+    if value is None and after:
+        logging.getLogger("loralab").error(
+            "objective %r was not measured by this run (it measured %s): set objective= one of them",
+            metric,
+            ", ".join(sorted(after)),
+        )
     if value is None and summary.get("same_as"):  # a skipped job: the earlier run's value
         from loralab.sweep import _read, resolve_same_as
 

@@ -102,9 +102,11 @@ def _old_format(d: Path) -> Path:
         ),
         ("b", ["--verify", "variant.rank=3"], "override 'variant.rank=3': the saved config has no key 'variant.rank'"),
         ("b", ["variant.r=0"], "variant.r must be an integer >= 1"),
+        ("b", ["variant=vera"], "override 'variant=vera': variant is a config section; a rerun changes values"),
+        ("b", ["variant.r=[1,"], "override 'variant.r=[1,': "),
         ("failed", ["--verify"], "did not complete (see its summary.json): there is nothing to verify against"),
     ],
-    ids=["missing", "not a run", "old format", "unknown key", "bad value", "failed original"],
+    ids=["missing", "not a run", "old format", "unknown key", "bad value", "group", "malformed", "failed original"],
 )
 def test_rerun_bad_input(tmp_path, runs, target, args, message):
     if target == "b":
@@ -149,6 +151,9 @@ def test_compare_runs_table_files_and_filters(runs, tmp_path):
     )
     assert proc.returncode == 0
     assert [r["run"] for r in csv.DictReader((out / "compare.csv").open())] == ["b"]
+    proc = cli(tmp_path, "loralab.compare", str(runs["a"]), str(runs["b"]), "--out", str(out), "--filter", "alpha=16")
+    assert proc.returncode == 0  # alpha is 16.0 in the config: compared as numbers
+    assert [r["run"] for r in csv.DictReader((out / "compare.csv").open())] == ["a", "b"]
     proc = cli(
         tmp_path,
         "loralab.compare",

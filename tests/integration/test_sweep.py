@@ -150,8 +150,9 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
     report = json.loads((sweep / "sweep_summary.json").read_text())
     assert [r["status"] for r in report["runs"]] == ["completed", "failed", "completed"]
-    pids = {json.loads((sweep / str(i) / "run_meta.json").read_text())["host"]["torch_threads"] for i in (0, 2)}
-    assert pids == {1}  # joblib caps each worker's threads: 2 jobs on 2 cores do not oversubscribe
+    threads = {json.loads((sweep / str(i) / "run_meta.json").read_text())["host"]["torch_threads"] for i in (0, 2)}
+    # joblib caps each worker's threads at cores / n_jobs: 2 jobs do not oversubscribe the machine
+    assert threads == {max(1, os.cpu_count() // 2)}
     rows = list(csv.DictReader((sweep / "compare.csv").open()))
     assert [r["status"] for r in rows] == ["completed", "failed", "completed"]
 

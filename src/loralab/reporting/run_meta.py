@@ -102,7 +102,7 @@ def relocate(node: object, pairs: list[tuple[str, str]]) -> object:
     if isinstance(node, str):
         for old, new in pairs:
             if node == old or node.startswith(old.rstrip("/") + "/"):
-                return new + node[len(old) :]
+                return new + node[len(old.rstrip("/")) :]
     return node
 
 
