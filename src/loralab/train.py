@@ -35,6 +35,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     from loralab.io import set_aside
     from loralab.module import LoraModule
     from loralab.reporting.run_meta import flat_config, write_run_meta
+    from loralab.reporting.summary import reset_peak_memory
     from loralab.variants import get_variant
     from loralab.variants.registry import BuildContext
 
@@ -45,6 +46,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         logging.getLogger(name).propagate = True
 
     typed = validate(cfg)  # 1. config checks: before anything loads
+    reset_peak_memory()
     run_dir = Path(cfg.paths.run_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     source = instantiate(cfg.model)  # cheap: checks the model's location

@@ -117,13 +117,32 @@ def test_resume_continues_at_the_right_step(make_cfg, finished):
     )
     summary, objects = train(cfg)
     assert summary["global_step"] == 6 and summary["status"] == "completed"
-    assert not summary["before"]  # no "before" validation when continuing
+    # no new "before" validation when continuing: the checkpoint carries the original's
+    original_before = json.loads((run_dir / "summary.json").read_text())["before"]
+    assert original_before and summary["before"] == original_before
     # same data order, optimizer, scheduler and RNG as the uninterrupted run: the same adapter, bit for bit
     resumed = load_file(Path(cfg.paths.run_dir) / "adapter" / "adapter_model.safetensors")
     original = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     assert resumed.keys() == original.keys()
     assert all(torch.equal(resumed[k], original[k]) for k in original)
     assert sorted(p.name for p in (Path(cfg.paths.run_dir) / "checkpoints").iterdir()) == ["step-0000006"]
+
+
+def test_resume_from_the_last_checkpoint_keeps_the_final_metrics(make_cfg, finished):
+    """Killed after the last checkpoint (during the merge check, say): the resumed run trains no
+    further, and its summary still has the final validation's metrics, from the checkpoint."""
+    *_, run_dir = finished
+    cfg = make_cfg(
+        "variant.r=4",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=3",
+        f"ckpt_path={run_dir / 'checkpoints' / 'step-0000006'}",
+        run="resumed_last",
+    )
+    summary, _ = train(cfg)
+    original = json.loads((run_dir / "summary.json").read_text())
+    assert summary["after"] and summary["after"] == original["after"]
+    assert summary["after_step"] == original["after_step"] == 6
 
 
 def test_resume_auto_in_the_same_run_dir(make_cfg):

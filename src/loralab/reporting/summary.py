@@ -13,9 +13,33 @@ from loralab.io import write_json
 SUMMARY_FILE = "summary.json"
 
 
+def _vm_hwm_kb() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_memory() -> None:
+    """Start a run's peak-memory count afresh: a sweep's jobs share one process under the basic
+    launcher, and the process-wide high-water mark would carry from one job to the next.
+    (Linux: VmHWM reset through /proc/self/clear_refs; CUDA: torch's peak statistics.)"""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+
+
 def peak_memory() -> dict:
-    """Peak resident memory of this process, and peak GPU memory where CUDA is used."""
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """Peak resident memory since the run started (Linux; elsewhere the process's), and peak GPU
+    memory where CUDA is used."""
+    hwm_kb = _vm_hwm_kb()
+    rss_kb = hwm_kb if hwm_kb is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out = {"peak_rss_mb": rss_kb / 1024 if sys.platform != "darwin" else rss_kb / 2**20}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
