@@ -342,23 +342,25 @@ def write_csv(path: Path, rows: list[dict], metric: str, extra: list[str] = ()) 
             writer.writerow(["" if _get(row, k) is None else _get(row, k) for k in keys + stats])
 
 
-def plot(rows: list[dict], runs: list[dict], metric: str, out: Path) -> list[Path]:
-    """metric against trainable parameters (one series per variant, std bars when aggregated)
+def plot(rows: list[dict], runs: list[dict], metric: str, out: Path, extra: list[str] = ()) -> list[Path]:
+    """metric against trainable parameters (one series per variant, and per value of whatever
+    else varies besides the rank: alpha, targets, other overrides; std bars when aggregated)
     and val loss curves per run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    varying = [k for k in ("alpha", "targets", *extra) if len({str(_get(r, k)) for r in rows}) > 1]
+
+    def series_of(row: dict) -> str:
+        return " ".join([str(row.get("variant")), *(f"{k}={_fmt(k, _get(row, k))}" for k in varying)])
+
     written = []
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for variant in sorted({str(r.get("variant")) for r in rows}):
+    for name in sorted({series_of(r) for r in rows}):
         series = sorted(
-            (
-                r
-                for r in rows
-                if str(r.get("variant")) == variant and r.get("metric") is not None and r.get("trainable")
-            ),
+            (r for r in rows if series_of(r) == name and r.get("metric") is not None and r.get("trainable")),
             key=lambda r: r["trainable"],
         )
         if series:
@@ -368,13 +370,13 @@ def plot(rows: list[dict], runs: list[dict], metric: str, out: Path) -> list[Pat
                 yerr=[r.get("metric_std") or 0.0 for r in series],
                 marker="o",
                 capsize=3,
-                label=variant,
+                label=name,
             )
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
-    ax.legend(title="variant")
+    ax.legend(title="variant" + (" and " + ", ".join(varying) if varying else ""), fontsize="small")
     fig.tight_layout()
     path = out / f"compare_{metric.replace('/', '_')}_vs_params.png"
     fig.savefig(path, dpi=120)
@@ -446,7 +448,7 @@ def compare(
     write_markdown(written[0], headers, body, title)
     write_csv(written[1], rows, metric, extra)
     if plots:
-        written += plot(rows, runs, metric, out_dir)
+        written += plot(rows, runs, metric, out_dir, extra)
     if echo:
         print("written: " + ", ".join(str(p) for p in written))
     return {"metric": metric, "rows": rows, "runs": runs, "files": written, "aggregated": do_aggregate}

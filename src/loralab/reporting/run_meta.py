@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import platform
 import socket
@@ -43,8 +44,20 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _git_state_once(repo: Path) -> tuple:
+    return tuple(_read_git_state(repo).items())
+
+
 def git_state(repo: Path) -> dict:
-    """Commit and dirty flag of the source tree (and the diff when dirty)."""
+    """Commit and dirty flag of the source tree (and the diff when dirty), as first read by this
+    process: the code a process runs is what it imported, so the later jobs of a sweep (one
+    process under the basic launcher) record the same state as its first, even when the tree
+    changes while the sweep runs."""
+    return dict(_git_state_once(Path(repo)))
+
+
+def _read_git_state(repo: Path) -> dict:
 
     def run(*args: str) -> str | None:
         try:
