@@ -44,7 +44,7 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _git_state_once(repo: Path) -> tuple:
     return tuple(_read_git_state(repo).items())
 
