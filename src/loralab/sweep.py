@@ -48,13 +48,16 @@ def resolve_same_as(summary: dict, run_dir: str | Path) -> Path | None:
     return None
 
 
-def plan_job(cfg: DictConfig) -> dict | None:
+def plan_job(cfg: DictConfig, write: bool = True) -> dict | None:
     """Before a multirun job trains, in a sweep directory that may hold an earlier launch:
     - its config hash already completed (in its own job directory or another): skip it;
     - its own directory holds the same config, interrupted: continue it (resume=auto);
     - its own directory holds a different config (the grid changed): move that run to
       `<sweep>/replaced/<job>-<hash>/` so nothing saved is lost, then train.
-    Returns the summary to keep for a skipped job, None when the job trains."""
+    Returns the summary to keep for a skipped job, None when the job trains.
+    `write=False` (a job's other ranks, when a cluster starts them): decide the same without
+    moving or writing anything; every case decides alike whether or not rank 0 has moved
+    things yet."""
     from loralab.reporting.run_meta import config_hash
 
     run_dir = Path(cfg.paths.run_dir)
@@ -64,6 +67,8 @@ def plan_job(cfg: DictConfig) -> dict | None:
     if own_hash == wanted and own_status == "completed":
         log.info("sweep resume: %s already completed this config (hash %s), skipped", run_dir, wanted)
         return _read(run_dir / "summary.json")
+    if own_hash is not None and own_hash != wanted and not write:
+        own_hash = None  # rank 0 moves it away; this rank trains like rank 0
     if own_hash is not None and own_hash != wanted:
         keep = sweep_dir / REPLACED / f"{run_dir.name}-{own_hash}"
         n = 1
@@ -87,7 +92,8 @@ def plan_job(cfg: DictConfig) -> dict | None:
                 "config_hash": wanted,
                 "run_dir": str(run_dir),
             }
-            write_json(run_dir / "summary.json", summary)
+            if write:
+                write_json(run_dir / "summary.json", summary)
             return summary
     if own_hash == wanted and cfg.get("resume") is None and cfg.get("ckpt_path") is None:
         log.info("sweep resume: %s was interrupted, continuing from its newest checkpoint", run_dir)

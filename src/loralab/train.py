@@ -8,7 +8,6 @@ python -m loralab.train data=word_sort trainer.max_steps=200
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 import warnings
@@ -32,9 +31,10 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     from loralab.callbacks import find_checkpoint
     from loralab.data.datamodule import LoraDataModule
+    from loralab.distributed import adopt_launcher, end_distributed, is_rank_zero
     from loralab.io import set_aside
     from loralab.module import LoraModule
-    from loralab.reporting.run_meta import flat_config, write_run_meta
+    from loralab.reporting.run_meta import RESOLVED_CONFIG, flat_config, write_run_meta
     from loralab.reporting.summary import reset_peak_memory
     from loralab.variants import get_variant
     from loralab.variants.registry import BuildContext
@@ -48,13 +48,15 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     typed = validate(cfg)  # 1. config checks: before anything loads
     reset_peak_memory()
     run_dir = Path(cfg.paths.run_dir)
+    # several processes (trainer=ddp_cpu, ddp, fsdp, ...): run-level files are rank 0's alone
+    zero = is_rank_zero()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     source = instantiate(cfg.model)  # cheap: checks the model's location
     spec = get_variant(typed.variant.name)
     spec.check_targets(source.skeleton(typed.data.task), typed.variant)  # the module tree, no weights
     ckpt = find_checkpoint(cfg.ckpt_path, cfg.resume, run_dir / "checkpoints")
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    if ckpt is not None:
+    if ckpt is not None and zero:
         # Lightning's CSV logger deletes an existing metrics.csv; keep the earlier part of the run
         set_aside(run_dir / "metrics.csv")
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
@@ -63,11 +65,14 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     tokenizer = source.load_tokenizer()  # 2. data, before the model: data errors come fast
     datamodule = LoraDataModule(typed.data, tokenizer, cache_dir=cfg.paths.cache_dir)
     datamodule.setup("fit")
-    write_run_meta(run_dir, cfg, source.describe(), datamodule.describe())
+    if zero:
+        write_run_meta(run_dir, cfg, source.describe(), datamodule.describe())
 
     base = source.load_model(typed.data.task, datamodule.labels)  # 3. model + variant
     gpu = cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto") and torch.cuda.is_available()
-    context = BuildContext(datamodule, run_dir, Path(ckpt).parent if ckpt else None, cfg.seed, "cuda" if gpu else "cpu")
+    context = BuildContext(
+        datamodule, run_dir if zero else None, Path(ckpt).parent if ckpt else None, cfg.seed, "cuda" if gpu else "cpu"
+    )
     adapter = spec.build(base, typed.variant, typed.data.task, context)
     callbacks = [*adapter.callbacks, *callbacks]
     module = LoraModule(
@@ -80,15 +85,21 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     )
 
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)  # 4. fit
+    # workers train the config rank 0 saved, not a re-composed command line
+    adopt_launcher(trainer, run_dir / RESOLVED_CONFIG, run_dir)
     data_facts = {f"data/{split}_{k}": v for split, st in datamodule.stats.items() for k, v in st.items()}
     for lg in loggers:
         lg.log_hyperparams({**flat_config(cfg), **data_facts, "data/fingerprint": datamodule.fingerprint})
-    if cfg.validate_before and ckpt is None:
-        trainer.validate(module, datamodule=datamodule, verbose=False)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
-
-    reporter = next((cb for cb in callbacks if hasattr(cb, "collect")), None)
-    summary = reporter.collect(trainer, module, "completed", None) if reporter else {"status": "completed"}
+    failed = True
+    try:
+        if cfg.validate_before and ckpt is None:
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+        reporter = next((cb for cb in callbacks if hasattr(cb, "collect")), None)
+        summary = reporter.collect(trainer, module, "completed", None) if reporter else {"status": "completed"}
+        failed = False
+    finally:
+        end_distributed(trainer, failed)
     return summary, {
         "trainer": trainer,
         "module": module,
@@ -99,6 +110,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
 def run(cfg: DictConfig) -> dict:
     """train() with the run-level guarantees: a failed summary on early errors, W&B closed."""
+    from loralab.distributed import is_rank_zero
     from loralab.reporting.summary import SUMMARY_FILE, print_summary, write_failed_summary
 
     run_dir = Path(cfg.paths.run_dir)
@@ -108,7 +120,9 @@ def run(cfg: DictConfig) -> dict:
         if _in_multirun():
             from loralab.sweep import plan_job
 
-            kept = plan_job(cfg)  # a relaunched sweep: finished configs are skipped
+            # a relaunched sweep: finished configs are skipped (rank 0 moves and writes; a job's
+            # other ranks, when a cluster starts them, decide alike without touching anything)
+            kept = plan_job(cfg, write=is_rank_zero())
             if kept is not None:
                 failed = False
                 return kept
@@ -117,12 +131,13 @@ def run(cfg: DictConfig) -> dict:
     except BaseException as exc:
         summary_file = run_dir / SUMMARY_FILE
         # the RunSummary callback writes failures during fit; earlier ones are recorded here
-        if not summary_file.exists() or summary_file.stat().st_mtime < started:
+        stale = not summary_file.exists() or summary_file.stat().st_mtime < started
+        if stale and is_rank_zero():
             write_failed_summary(run_dir, f"{type(exc).__name__}: {exc}")
         raise
     finally:
         close_wandb(failed)
-    if summary.get("run_dir") is None or int(os.environ.get("RANK", "0")) == 0:
+    if is_rank_zero():
         print_summary(summary)
     return summary
 

@@ -226,3 +226,29 @@ def test_merged_dir_is_a_model_source(finished, monkeypatch):
     mask = batch["attention_mask"].bool()
     assert (ref[mask] - got[mask]).abs().max() < 1e-4
     assert source.load_tokenizer().pad_token_id == model.config.pad_token_id
+
+
+def test_merge_check_on_a_model_rebuilt_from_the_saved_adapter(tmp_path, finished):
+    """The path sharded runs (FSDP, ZeRO-3) take: the check rebuilds the trained model from the
+    base and the saved final adapter. On one process it must agree with the in-memory check."""
+    from tests.conftest import TINY, compose_config
+
+    cfg = compose_config(
+        [
+            *TINY,
+            "variant.r=4",
+            "trainer.max_steps=6",
+            "trainer.val_check_interval=3",
+            "callbacks.merge_check.rebuild=always",
+        ],
+        tmp_path / "run",
+        tmp_path / "cache",
+    )
+    summary, _ = train(cfg)
+    report = json.loads((tmp_path / "run/merge_report.json").read_text())
+    assert report["rebuilt_from"] == str(tmp_path / "run/adapter") and report["passed"]
+    live = json.loads((finished[3] / "merge_report.json").read_text())
+    # the same adapter (same config and seed), so the same effect on the logits, to float noise
+    assert report["adapter_effect"]["max_abs_err"] == pytest.approx(live["adapter_effect"]["max_abs_err"], rel=1e-4)
+    assert report["adapter_effect"]["max_abs_err"] > 100 * report["merged"]["max_abs_err"]
+    assert summary["merge_passed"]

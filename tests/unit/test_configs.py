@@ -17,6 +17,70 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
+STRATEGIES = {
+    "gpu": None,
+    "ddp": "DDPStrategy",
+    "fsdp": "FSDPStrategy",
+    "deepspeed_zero2": "DeepSpeedStrategy",
+    "deepspeed_zero3": "DeepSpeedStrategy",
+}
+
+
+def check_gpu_preset(cfg, option: str) -> None:
+    """A GPU preset: refused in one line on a machine without CUDA, before anything loads; its
+    strategy object instantiates (Lightning's own classes, with the preset's settings)."""
+    import torch
+
+    from loralab.errors import ConfigError
+
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="needs a CUDA GPU and this machine has none"):
+            validate(cfg)
+    expected = STRATEGIES[option]
+    if expected is None:
+        assert cfg.trainer.get("strategy") is None
+        return
+    if expected == "DeepSpeedStrategy":
+        pytest.importorskip("deepspeed")
+    strategy = instantiate(cfg.trainer.strategy)
+    assert type(strategy).__name__ == expected
+    if option == "fsdp":
+        assert strategy._state_dict_type == "full" and strategy.kwargs["use_orig_params"] is True
+    if option.startswith("deepspeed"):
+        assert strategy.config["zero_optimization"]["stage"] == int(option[-1])
+
+
+def test_fsdp_wrap_policy_wraps_decoder_layers(tiny_adapter):
+    """The FSDP preset's policy makes one unit per decoder layer and none for anything else."""
+    from loralab.distributed import decoder_layer_policy
+
+    model = tiny_adapter()[0].model.get_base_model()
+    policy = decoder_layer_policy()
+    wrapped = [n for n, m in model.named_modules() if n and policy(module=m, recurse=False, nonwrapped_numel=0)]
+    assert wrapped == ["model.layers.0", "model.layers.1"]
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed"])
+def test_precision_presets(make_cfg, precision):
+    """precision=<preset> sets trainer.precision; fp16 on CPU is refused before anything loads."""
+    import torch
+
+    from loralab.errors import ConfigError
+
+    cfg = make_cfg(f"precision={precision}")
+    assert cfg.trainer.precision == precision
+    if precision == "16-mixed":
+        with pytest.raises(ConfigError, match="precision=16-mixed needs a GPU"):
+            validate(cfg)
+        if torch.cuda.is_available():
+            validate(make_cfg("trainer=gpu", f"precision={precision}"))
+    else:
+        validate(cfg)
+        trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
+        assert trainer.precision == precision
+
+
 @pytest.mark.parametrize(
     "group",
     [
@@ -42,14 +106,17 @@ def test_every_option_composes(make_cfg, group, tmp_path):
     assert options(group), f"no options in conf/{group}"
     for option in options(group):
         cfg = make_cfg(f"{group}={option}", *required.get(f"{group}/{option}", []), base=[])
+        if group == "trainer" and option not in ("cpu", "ddp_cpu"):
+            check_gpu_preset(cfg, option)
+            continue
         typed = validate(cfg)
         assert typed.data.name == cfg.data.name and typed.variant.name == cfg.variant.name
         if group == "trainer":
-            if option == "cpu":
-                trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
-                assert trainer.max_steps == cfg.trainer.max_steps
-            else:  # GPU presets compose here; they are instantiated where a GPU exists
-                assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
+            trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
+            assert trainer.max_steps == cfg.trainer.max_steps
+            if option == "ddp_cpu":
+                assert type(trainer.strategy).__name__ == "DDPStrategy" and trainer.num_devices == 2
+                assert trainer.strategy._process_group_backend == "gloo"
         if group == "logger" and option == "csv":
             assert type(instantiate(cfg.logger.csv)).__name__ == "CSVLogger"
         if group == "scheduler":

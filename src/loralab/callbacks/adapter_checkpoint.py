@@ -4,13 +4,17 @@ checkpoints/step-0000030/
     adapter_config.json, adapter_model.safetensors   (peft: PeftModel.from_pretrained reads them)
     variant.json          (the variant's own facts, where it has any)
     training_state.ckpt   (trainable tensors, optimizer, scheduler, loop progress, RNG states)
-    checkpoint.json       (step, monitored metric)
-Each directory is written under a temporary name and renamed when complete. The newest one
-and the best `save_top_k` by `monitor` are kept. At fit end the adapter goes to `final_dir`.
+    checkpoint.json       (step, monitored metric, the adapter's tensor hash)
+Each directory is written under a temporary name, read back and compared tensor by tensor
+(SHA-256) with what the run holds, and only then renamed into place: a checkpoint that exists
+is complete. With sharded strategies (FSDP, ZeRO-3) the adapter is first gathered whole onto
+rank 0. The newest one and the best `save_top_k` by `monitor` are kept. At fit end the adapter
+goes to `final_dir`, checked the same way.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -21,15 +25,73 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from loralab.errors import ConfigError
+from loralab.distributed import clean_name, full_parameters
+from loralab.errors import CheckpointError, ConfigError
 from loralab.io import dir_bytes, write_dir, write_json
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "training_state.ckpt"
+WORLD_KEY = "loralab_world_size"
 META_FILE = "checkpoint.json"
 # the variant's own facts at that step (LoRA-drop's selection: read back on resume)
 VARIANT_FILE = "variant.json"
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes."""
+    t = tensor.detach().cpu().contiguous().reshape(-1)
+    h = hashlib.sha256(f"{t.dtype}{tuple(tensor.shape)}".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def state_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """One SHA-256 over named tensors (sorted by name)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode() + tensor_digest(tensors[name]).encode())
+    return h.hexdigest()
+
+
+def compare_digests(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], what: str) -> None:
+    """Raise CheckpointError unless `found` holds exactly `expected`'s tensors, bit for bit."""
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    differ = sorted(n for n in set(expected) & set(found) if tensor_digest(expected[n]) != tensor_digest(found[n]))
+    if missing or extra or differ:
+        parts = [
+            f"{len(v)} {k} (e.g. {v[0]})"
+            for k, v in (("missing", missing), ("unexpected", extra), ("differing", differ))
+            if v
+        ]
+        raise CheckpointError(
+            f"{what} does not read back as saved: {'; '.join(parts)}: the disk may be full or failing; "
+            "the previous checkpoint is kept"
+        )
+
+
+def trainable_state(pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
+    """The run's trainable tensors by the names a checkpoint's state_dict uses (wrappers'
+    prefixes removed), copied to CPU. Under a sharded strategy, call inside full_parameters."""
+    return {clean_name(n): p.detach().cpu().clone() for n, p in pl_module.named_parameters() if p.requires_grad}
+
+
+def peft_state(pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
+    """What peft writes to adapter_model.safetensors for the model as it is now."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(pl_module.model).items()}
+
+
+def read_adapter_file(directory: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a saved peft adapter."""
+    from safetensors.torch import load_file
+
+    path = directory / "adapter_model.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{directory} has no adapter_model.safetensors after saving: the save failed")
+    return load_file(str(path))
 
 
 def _complete(path: Path) -> bool:
@@ -89,14 +151,24 @@ class AdapterCheckpoint(pl.Callback):
         self.save_top_k = save_top_k
         self.last_saved: str | None = None
         self.adapter_bytes: int | None = None
+        self.adapter_sha256: str | None = None
 
     # ---- what goes into training_state.ckpt -------------------------------------------------
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        keep = {n for n, p in pl_module.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        keep = {clean_name(n) for n, p in pl_module.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if clean_name(k) in keep}
+        # the data position is counted in per-process batches: resume with as many processes
+        checkpoint[WORLD_KEY] = trainer.world_size
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        needed = {n for n, p in pl_module.named_parameters() if p.requires_grad}
+        saved_world = checkpoint.get(WORLD_KEY, 1)
+        if saved_world != trainer.world_size:
+            raise CheckpointError(
+                f"the checkpoint was saved by {saved_world} process(es) and this run has {trainer.world_size}: "
+                "resume with the same trainer.devices and trainer.num_nodes (each process's data position and "
+                "batch are part of the state)"
+            )
+        needed = {clean_name(n) for n, p in pl_module.named_parameters() if p.requires_grad}
         missing = sorted(needed - set(checkpoint["state_dict"]))
         if missing:
             raise ConfigError(
@@ -141,17 +213,26 @@ class AdapterCheckpoint(pl.Callback):
             tmp.mkdir(parents=True)
         trainer.strategy.barrier()
         trainer.save_checkpoint(tmp / STATE_FILE, weights_only=False)  # collective; rank 0 writes
+        expected, adapter_digest = self._save_adapter(trainer, pl_module, tmp)  # collective
         if trainer.is_global_zero:
-            pl_module.adapter.save(tmp)
+            try:
+                state = torch.load(tmp / STATE_FILE, map_location="cpu", weights_only=False)["state_dict"]
+                compare_digests(expected, state, f"the training state in {tmp.name}")
+            except CheckpointError:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             if pl_module.adapter.facts:
                 write_json(tmp / VARIANT_FILE, pl_module.adapter.facts)
-            write_json(
+            write_json(  # last: its presence marks the checkpoint complete
                 tmp / META_FILE,
                 {
                     "step": step,
                     "epoch": trainer.current_epoch,
                     "monitor": self.monitor,
                     "value": None if value is None else float(value),
+                    "world_size": trainer.world_size,
+                    "trainable_sha256": state_digest(expected),
+                    "adapter_sha256": adapter_digest,
                 },
             )
             shutil.rmtree(target, ignore_errors=True)
@@ -160,6 +241,32 @@ class AdapterCheckpoint(pl.Callback):
             self._prune()
         trainer.strategy.barrier()
         return target
+
+    def _save_adapter(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, directory: Path
+    ) -> tuple[dict[str, torch.Tensor], str | None]:
+        """Gather the whole adapter onto rank 0, write it in peft's format into `directory`, read
+        it back and compare. Every rank must call it. Returns rank 0's trainable tensors and the
+        hash of the adapter file (empty and None elsewhere)."""
+        expected: dict[str, torch.Tensor] = {}
+        written: dict[str, torch.Tensor] = {}
+        with full_parameters(trainer):
+            if trainer.is_global_zero:
+                expected = trainable_state(pl_module)
+                written = peft_state(pl_module)
+                pl_module.adapter.save(directory)
+        if not trainer.is_global_zero:
+            return expected, None
+        try:
+            found = read_adapter_file(directory)
+            if pl_module.adapter.save_adapter is None:
+                compare_digests(written, found, f"the adapter in {directory.name}")
+            elif not found:  # a variant that converts on save (PiSSA, Delta-LoRA): not the live tensors
+                raise CheckpointError(f"the adapter in {directory.name} is empty after saving: the save failed")
+        except CheckpointError:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        return expected, state_digest(found)
 
     def _prune(self) -> None:
         found = list_checkpoints(self.dirpath)
@@ -182,16 +289,23 @@ class AdapterCheckpoint(pl.Callback):
         return pick(scored, key=lambda c: c["value"])["path"]
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        write_dir(self.final_dir, pl_module.adapter.save)
-        self.adapter_bytes = dir_bytes(self.final_dir)
+        tmp = self.final_dir.with_name(f".tmp-{self.final_dir.name}")
+        if trainer.is_global_zero:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        trainer.strategy.barrier()
+        _, self.adapter_sha256 = self._save_adapter(trainer, pl_module, tmp)  # collective
+        if trainer.is_global_zero:
+            write_dir(self.final_dir, lambda into: [shutil.move(str(f), into / f.name) for f in tmp.iterdir()])
+            tmp.rmdir()
+            self.adapter_bytes = dir_bytes(self.final_dir)
 
     def summary_fields(self) -> dict:
         """Where the adapter and checkpoints are, for summary.json."""
         return {
             "adapter_dir": str(self.final_dir),
             "adapter_bytes": self.adapter_bytes,
+            "adapter_sha256": self.adapter_sha256,
             "last_checkpoint": self.last_saved,
             "best_checkpoint": self.best() if self.dirpath.exists() else None,
         }

@@ -1,22 +1,34 @@
 """After fit: merge the adapter into the base and prove the merged model gives the same logits,
-then save it with `save_pretrained`, load it back with plain transformers and compare again."""
+then save it with `save_pretrained`, load it back with plain transformers and compare again.
+
+A k-bit (bitsandbytes) base is merged into a dequantized float copy, not requantized: the report
+says so, measures the dequantization alone, and uses the `quantized_<bits>bit` tolerance."""
 
 from __future__ import annotations
 
 import copy
 import logging
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
-from loralab.errors import MergeCheckError
+from loralab.distributed import sharded_strategy
+from loralab.errors import ConfigError, MergeCheckError
 from loralab.io import write_dir, write_json
 from loralab.loggers import attach_file
+from loralab.models.quantized import dequantized_copy, quantization_of
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 5e-3}
+DEFAULT_TOLERANCE = {
+    "float32": 1e-4,
+    "bfloat16": 2e-2,
+    "float16": 5e-3,
+    "quantized_4bit": 3e-2,
+    "quantized_8bit": 5e-2,
+}
 
 
 def compare_logits(ref: torch.Tensor, got: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
@@ -51,7 +63,16 @@ class MergeCheck(pl.Callback):
         probe_examples: int = 8,
         tolerance: dict[str, float] | None = None,
         save_merged: bool = True,
+        model: Any = None,
+        adapter_dir: str | None = None,
+        rebuild: str = "auto",
     ) -> None:
+        if rebuild not in ("auto", "always", "never"):
+            raise ConfigError(f"merge_check.rebuild must be auto, always or never, got {rebuild!r}")
+        # the model source and the saved final adapter: what a sharded run's check rebuilds from
+        self.model_source = model
+        self.adapter_dir = Path(adapter_dir) if adapter_dir else None
+        self.rebuild = rebuild
         self.run_dir = Path(run_dir)
         self.merged_dir = Path(merged_dir)
         self.probe_examples = probe_examples
@@ -64,14 +85,37 @@ class MergeCheck(pl.Callback):
         return copy.deepcopy(peft_model).merge_and_unload()
 
     def probe_batch(self, trainer: pl.Trainer) -> dict:
-        """A fixed batch: the first `probe_examples` validation examples."""
-        batch = next(iter(trainer.datamodule.val_dataloader()))
-        return {k: v[: self.probe_examples] for k, v in batch.items()}
+        """A fixed batch: the first `probe_examples` validation examples (the same whatever the
+        number of processes, whose validation loaders each hold a share)."""
+        dm = trainer.datamodule
+        rows = dm.val_set.with_format(columns=["input_ids", "labels"])
+        return dm.collator()([rows[i] for i in range(min(self.probe_examples, len(rows)))])
+
+    def rebuilt_model(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.nn.Module:
+        """The adapter model rebuilt on this process from the base and the saved final adapter.
+        Under FSDP or ZeRO-3 no process holds the trained model whole; the saved adapter was
+        gathered from every shard and checked by hash, so this is the trained model."""
+        from peft import PeftModel
+
+        if self.model_source is None or self.adapter_dir is None:
+            raise ConfigError("merge_check needs model and adapter_dir to rebuild the model: keep them in its config")
+        base = self.model_source.load_model(pl_module.adapter.task, trainer.datamodule.labels)
+        return PeftModel.from_pretrained(base, str(self.adapter_dir)).eval()
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        self.report = self.check(pl_module, self.probe_batch(trainer))
+        sharded = sharded_strategy(trainer)
+        if self.rebuild == "always" or (self.rebuild == "auto" and sharded):
+            self.report = self.check(pl_module, self.probe_batch(trainer), self.rebuilt_model(trainer, pl_module))
+            self.report["rebuilt_from"] = str(self.adapter_dir)
+        elif sharded:
+            raise ConfigError(
+                f"merge_check.rebuild=never, but under {type(trainer.strategy).__name__} no process holds the "
+                "trained model whole: set callbacks.merge_check.rebuild=auto"
+            )
+        else:
+            self.report = self.check(pl_module, self.probe_batch(trainer))
         path = write_json(self.run_dir / "merge_report.json", self.report)
         attach_file(trainer.loggers, path, self.run_dir)
         for logger in trainer.loggers:
@@ -82,29 +126,46 @@ class MergeCheck(pl.Callback):
         if not self.report["passed"]:
             raise MergeCheckError(self.report["message"])
 
-    def check(self, pl_module: pl.LightningModule, batch: dict) -> dict:
-        """Run the comparisons and return the report (does not raise)."""
-        peft_model = pl_module.model
+    def check(self, pl_module: pl.LightningModule, batch: dict, peft_model: torch.nn.Module | None = None) -> dict:
+        """Run the comparisons on `peft_model` (default: the trained model in `pl_module`) and
+        return the report (does not raise)."""
+        peft_model = pl_module.model if peft_model is None else peft_model
         task = pl_module.adapter.task
         was_training = peft_model.training
         peft_model.eval()
         device = next(peft_model.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
         dtype = str(next(peft_model.parameters()).dtype).replace("torch.", "")
-        tol = self.tolerance.get(dtype, self.tolerance["float32"])
+        quantized = quantization_of(peft_model)
+        if quantized:
+            dtype = quantized["compute_dtype"]
+        tol_name = f"quantized_{quantized['bits']}bit" if quantized else dtype
+        tol = self.tolerance.get(tol_name, self.tolerance["float32"])
         mask = batch["attention_mask"]
 
         ref = _logits(peft_model, batch)
         with peft_model.disable_adapter():
             base = _logits(peft_model, batch)
-        merged_model = self.merge(peft_model)
+        extra: dict = {}
+        if quantized:
+            # merging into k-bit weights would requantize W0 + ΔW: merge into a float copy instead
+            float_model = dequantized_copy(peft_model)
+            with float_model.disable_adapter():
+                extra["dequantization"] = compare_logits(base, _logits(float_model, batch), mask)
+            extra["quantized_base"] = {**quantized, "merged_into": f"a copy dequantized to {dtype}"}
+            extra["error_includes_dequantization"] = True
+            merged_model = float_model.merge_and_unload()
+        else:
+            merged_model = self.merge(peft_model)
         report: dict = {
             "dtype": dtype,
+            "tolerance_name": tol_name,
             "tolerance_rel": tol,
             "probe_examples": int(batch["input_ids"].shape[0]),
             # how far the adapter moves the logits: near zero means the check proves little
             "adapter_effect": compare_logits(base, ref, mask),
             "merged": compare_logits(ref, _logits(merged_model, batch), mask),
+            **extra,
         }
         if self.save_merged:
 
@@ -131,7 +192,9 @@ class MergeCheck(pl.Callback):
             "merge check passed"
             if not failures
             else "merge check failed (" + "; ".join(failures) + "): the merged model does not reproduce "
-            "the adapter model; see merge_report.json"
+            "the adapter model"
+            + (" (quantized base: the error includes dequantization)" if quantized else "")
+            + "; see merge_report.json"
         )
         if report["vacuous"]:
             log.warning("the adapter moves the logits less than the tolerance (B = 0?): the merge check proves little")
@@ -153,4 +216,12 @@ class MergeCheck(pl.Callback):
             "merge_max_rel_err": self.report["merged"]["max_rel_err"],
             "reload_max_abs_err": self.report.get("reloaded", {}).get("max_abs_err"),
             "merged_dir": self.report.get("merged_dir"),
+            **(
+                {
+                    "merge_quantized_bits": self.report["quantized_base"]["bits"],
+                    "merge_dequantization_max_rel_err": self.report["dequantization"]["max_rel_err"],
+                }
+                if "quantized_base" in self.report
+                else {}
+            ),
         }

@@ -1,4 +1,4 @@
-"""Dataclass schemas for the `variant` and `data` groups.
+"""Dataclass schemas for the `variant`, `data` and `model/quantization` groups.
 
 Hydra checks key names and types against them while composing; `validate` then builds
 the dataclasses, whose `__post_init__` checks values. Both happen before any model loads.
@@ -21,6 +21,9 @@ SOURCES = ("builtin", "local", "hub")
 FORMATS = ("prompt_completion", "chat", "classification")
 LORAFA_OPTIMIZER = "loralab.optim.lorafa"
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+QUANT_BITS = (4, 8)
+QUANT_TYPES = ("nf4", "fp4")
+COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
 
 
 @dataclass
@@ -166,22 +169,51 @@ class DataConfig:
 
 
 @dataclass
+class QuantizationConfig:
+    """A k-bit base through bitsandbytes (QLoRA): `bits` 4 (with `quant_type` and `double_quant`)
+    or 8 (LLM.int8). `compute_dtype` is what 4-bit layers compute in and what the merge check
+    dequantizes into; `gradient_checkpointing` is peft's prepare_model_for_kbit_training default."""
+
+    bits: int = 4
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str = "bfloat16"
+    gradient_checkpointing: bool = True
+
+    def __post_init__(self) -> None:
+        if self.bits not in QUANT_BITS:
+            raise ConfigError(
+                f"model.quantization.bits must be 4 or 8, got {self.bits!r}: use model/quantization=nf4 or =int8"
+            )
+        if self.quant_type not in QUANT_TYPES:
+            raise ConfigError(
+                f"model.quantization.quant_type must be one of {list(QUANT_TYPES)}, got {self.quant_type!r}"
+            )
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ConfigError(
+                f"model.quantization.compute_dtype must be one of {list(COMPUTE_DTYPES)}, got {self.compute_dtype!r}"
+            )
+
+
+@dataclass
 class ValidatedConfig:
     """The typed parts of a composed config."""
 
     variant: Any
     data: DataConfig
+    quantization: Optional[QuantizationConfig] = None
 
 
 def register_schemas() -> None:
-    """Store the schemas so that YAML files in conf/variant and conf/data can extend them
-    (`defaults: [_schema_<variant>]`); every registered variant stores its own."""
+    """Store the schemas so that YAML files in conf/variant, conf/data and conf/model/quantization
+    can extend them (`defaults: [_schema_<variant>]`); every registered variant stores its own."""
     from loralab.variants.registry import registered_variants
 
     cs = ConfigStore.instance()
     for spec in registered_variants():
         cs.store(group="variant", name=f"_schema_{spec.name}", node=spec.schema)
     cs.store(group="data", name="_schema_data", node=DataConfig)
+    cs.store(group="model/quantization", name="_schema_quantization", node=QuantizationConfig)
 
 
 def _build(schema: type, node: DictConfig, group: str) -> Any:
@@ -193,8 +225,22 @@ def _build(schema: type, node: DictConfig, group: str) -> Any:
     return schema(**data)
 
 
+def _quantization(cfg: DictConfig) -> Optional[QuantizationConfig]:
+    """The requested k-bit base, refused where bitsandbytes cannot run it (no CUDA, a CPU trainer,
+    bitsandbytes missing): a second here rather than a failed load."""
+    node = (cfg.get("model") or {}).get("quantization")
+    if node is None:
+        return None
+    quantization = _build(QuantizationConfig, node, "model.quantization")
+    from loralab.models.quantized import check_available
+
+    check_available(cfg.get("trainer"))
+    return quantization
+
+
 def validate(cfg: DictConfig) -> ValidatedConfig:
-    """Check the variant and data groups; raise ConfigError with a one-line fix on bad values."""
+    """Check the variant, data and quantization settings; raise ConfigError with a one-line fix
+    on bad values."""
     from loralab.variants import get_variant
 
     missing = OmegaConf.missing_keys(cfg)
@@ -204,6 +250,7 @@ def validate(cfg: DictConfig) -> ValidatedConfig:
     spec = get_variant(cfg.variant.get("name"))
     variant = _build(spec.schema, cfg.variant, "variant")
     data = _build(DataConfig, cfg.data, "data")
+    quantization = _quantization(cfg)
     seed = cfg.get("seed")
     if not isinstance(seed, int):
         raise ConfigError(f"seed must be an integer, got {seed!r}")
@@ -217,4 +264,7 @@ def validate(cfg: DictConfig) -> ValidatedConfig:
         )
     if spec.check is not None:
         spec.check(variant, cfg)
-    return ValidatedConfig(variant=variant, data=data)
+    from loralab.distributed import check_trainer
+
+    check_trainer(cfg)
+    return ValidatedConfig(variant=variant, data=data, quantization=quantization)

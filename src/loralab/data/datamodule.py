@@ -11,7 +11,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from loralab.config.schemas import LOCAL_SUFFIXES, DataConfig
 from loralab.data import formatting
@@ -47,28 +47,30 @@ class PadCollator:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-class ResumableRandomSampler(Sampler[int]):
+class ResumableRandomSampler(DistributedSampler):
     """A seeded permutation per epoch that can start part-way through, so that a run resumed
-    mid-epoch sees the batches an uninterrupted run would have seen next."""
+    mid-epoch sees the batches an uninterrupted run would have seen next.
 
-    def __init__(self, size: int, seed: int) -> None:
+    With several processes, rank r takes every `num_replicas`-th index of the same permutation
+    (padded by its first indices to a multiple): one process with a batch of n·b sees what n
+    processes with b each see together. A DistributedSampler, so Lightning does not wrap it."""
+
+    def __init__(self, size: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=False)
         self.size = size
         self.seed = seed
-        self.epoch = 0
         self.skip = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Lightning calls this at every epoch start."""
-        self.epoch = epoch
 
     def __iter__(self):
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        if self.num_replicas > 1:
+            order = torch.cat([order, order[: self.total_size - self.size]])[self.rank :: self.num_replicas]
         skip, self.skip = self.skip, 0
         return iter(order[skip:].tolist())
 
     def __len__(self) -> int:
         # the full epoch: Lightning counts a resumed epoch's batches from its restored batch index
-        return self.size
+        return self.num_samples
 
 
 def _encode(example: dict, tokenizer: Any, cfg: DataConfig, label_ids: dict | None) -> dict:
@@ -290,12 +292,13 @@ class LoraDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled by data.seed (the order is part of the experiment); on resume it continues
         where the checkpointed run was in its epoch."""
-        sampler = ResumableRandomSampler(len(self.train_set), self.cfg.seed)
         trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ResumableRandomSampler(len(self.train_set), self.cfg.seed, world, rank)
         if trainer is not None:
             sampler.set_epoch(trainer.current_epoch)
             done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-            sampler.skip = min(done * self.cfg.train_batch_size, len(self.train_set))
+            sampler.skip = min(done * self.cfg.train_batch_size, len(sampler))
         return DataLoader(
             self.train_set.with_format(columns=["input_ids", "labels"]),
             batch_size=self.cfg.train_batch_size,
@@ -307,9 +310,21 @@ class LoraDataModule(pl.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
+        """In order. With several processes each rank takes every world_size-th example, none
+        twice (Lightning's default sampler would repeat some to even out the ranks, and the
+        validation loss would count them twice)."""
+        from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+        trainer = self.trainer
+        sampler = None
+        if trainer is not None and trainer.world_size > 1:
+            sampler = UnrepeatedDistributedSampler(
+                self.val_set, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
         return DataLoader(
             self.val_set.with_format(columns=["input_ids", "labels"]),
             batch_size=self.cfg.eval_batch_size,
+            sampler=sampler,
             shuffle=False,
             collate_fn=self.collator(),
             num_workers=self.cfg.num_workers,

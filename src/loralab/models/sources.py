@@ -2,6 +2,7 @@
 
 Each source gives a tokenizer (cheap, needed by the data pipeline first) and a model for a
 task: `causal_lm` or `seq_cls` (a classification head on top, trained as modules_to_save).
+With `quantization` set, the base loads with bitsandbytes k-bit linear layers (QLoRA).
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ import importlib.util
 import logging
 import os
 import shutil
+import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from loralab.config.schemas import QuantizationConfig
 from loralab.errors import ModelError
+from loralab.models.quantized import as_quantization, load_kwargs, prepare
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,7 @@ class ModelSource:
     name: str = "model"
     dtype: str = "float32"
     trust_remote_code: bool = False
+    quantization: QuantizationConfig | None = None
 
     _tokenizer: Any = None
 
@@ -94,7 +100,21 @@ class ModelSource:
 
     def describe(self) -> dict:
         """What to record about this model in run metadata."""
-        return {"name": self.name, "source": type(self).__name__, "dtype": self.dtype}
+        return {
+            "name": self.name,
+            "source": type(self).__name__,
+            "dtype": self.dtype,
+            "quantization": asdict(self.quantization) if self.quantization else None,
+        }
+
+    def _from_pretrained(self, path: str | Path, task: str, labels: list[str] | None, **kwargs: Any) -> Any:
+        """The model for `task` from a transformers directory or hub id, in `self.dtype`; k-bit and
+        prepared for k-bit training when `quantization` is set."""
+        quantized = load_kwargs(self.quantization) if self.quantization else {}
+        model = _model_class(task).from_pretrained(
+            path, dtype=_dtype(self.dtype), **kwargs, **_task_kwargs(task, labels), **quantized
+        )
+        return prepare(model, self.quantization) if self.quantization else model
 
     def _after_load(self, model: torch.nn.Module, tokenizer_pad_id: int | None) -> torch.nn.Module:
         """Classification heads find the last real token through config.pad_token_id."""
@@ -113,6 +133,7 @@ class Pretrained(ModelSource):
         revision: str | None = None,
         dtype: str = "float32",
         trust_remote_code: bool = False,
+        quantization: Any = None,
     ) -> None:
         self.name_or_path = str(name_or_path)
         self.name = name or self.name_or_path
@@ -121,6 +142,7 @@ class Pretrained(ModelSource):
         self.revision = revision
         self.dtype = dtype
         self.trust_remote_code = trust_remote_code
+        self.quantization = as_quantization(quantization)
         _dtype(dtype)
         # hub ids are "org/name"; anything else with a path shape must exist locally
         pathlike = self.name_or_path.startswith((".", "/", "~")) or self.name_or_path.count("/") > 1
@@ -146,14 +168,8 @@ class Pretrained(ModelSource):
         return tok
 
     def load_model(self, task: str, labels: list[str] | None = None) -> torch.nn.Module:
-        cls = _model_class(task)
         try:
-            model = cls.from_pretrained(
-                self.name_or_path,
-                dtype=_dtype(self.dtype),
-                **self._kwargs(),
-                **_task_kwargs(task, labels),
-            )
+            model = self._from_pretrained(self.name_or_path, task, labels, **self._kwargs())
         except OSError as exc:
             raise ModelError(
                 f"cannot load model {self.name_or_path!r} ({str(exc).splitlines()[0]}): check model.name_or_path"
@@ -189,11 +205,13 @@ class PackagedGGUF(ModelSource):
         cache_dir: str,
         name: str | None = None,
         dtype: str = "float32",
+        quantization: Any = None,
     ) -> None:
         self.package = package
         self.filename = filename
         self.name = name or package
         self.dtype = dtype
+        self.quantization = as_quantization(quantization)
         _dtype(dtype)
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
@@ -253,8 +271,8 @@ class PackagedGGUF(ModelSource):
         return AutoTokenizer.from_pretrained(self.ensure_converted())
 
     def load_model(self, task: str, labels: list[str] | None = None) -> torch.nn.Module:
-        path = self.ensure_converted()
-        model = _model_class(task).from_pretrained(path, dtype=_dtype(self.dtype), **_task_kwargs(task, labels))
+        # the cached safetensors, not the GGUF file: they quantize like any transformers checkpoint
+        model = self._from_pretrained(self.ensure_converted(), task, labels)
         return self._after_load(model, self.load_tokenizer().pad_token_id)
 
     def load_config(self, task: str, labels: list[str] | None = None) -> Any:
@@ -269,7 +287,8 @@ class PackagedGGUF(ModelSource):
 class FromConfig(ModelSource):
     """An architecture with random weights built from a config dict (tiny test models,
     parameter accounting). With `seed` set the weights are drawn from it (the same base for
-    every run, like a pretrained one); with seed null they depend on the global seed."""
+    every run, like a pretrained one); with seed null they depend on the global seed. A quantized
+    one is drawn in float, written to a temporary directory and loaded back k-bit."""
 
     def __init__(
         self,
@@ -278,6 +297,7 @@ class FromConfig(ModelSource):
         name: str = "from_config",
         dtype: str = "float32",
         seed: int | None = None,
+        quantization: Any = None,
     ) -> None:
         from omegaconf import OmegaConf
 
@@ -288,6 +308,7 @@ class FromConfig(ModelSource):
         self.name = name
         self.dtype = dtype
         self.seed = seed
+        self.quantization = as_quantization(quantization)
         _dtype(dtype)
 
     def _load_tokenizer(self) -> Any:
@@ -309,6 +330,14 @@ class FromConfig(ModelSource):
         return AutoConfig.for_model(model_type, **values, **_task_kwargs(task, labels))
 
     def load_model(self, task: str, labels: list[str] | None = None) -> torch.nn.Module:
+        model = self._random_model(task, labels)
+        if self.quantization is None:
+            return model
+        with tempfile.TemporaryDirectory(prefix="loralab-") as tmp:
+            model.save_pretrained(tmp)
+            return self._from_pretrained(tmp, task, labels)
+
+    def _random_model(self, task: str, labels: list[str] | None) -> torch.nn.Module:
         config = self.load_config(task, labels)
         if self.seed is None:
             return _model_class(task).from_config(config, dtype=_dtype(self.dtype))

@@ -163,7 +163,13 @@ class DeltaWExport(pl.Callback):
 
 
 def check(cfg: DeltaLoraConfig, full: Any) -> None:
-    """W moves by λ·s·Δ(B·A) each step: increments that round away in a 16-bit weight."""
+    """W moves by λ·s·Δ(B·A) each step: increments that round away in a 16-bit weight, and that a
+    k-bit weight cannot take at all."""
+    if (full.get("model") or {}).get("quantization") is not None:
+        raise ConfigError(
+            "Delta-LoRA updates W itself every step, which a k-bit (bitsandbytes) weight cannot take: "
+            "drop model/quantization, or use variant=lora"
+        )
     dtype = (full.get("model") or {}).get("dtype", "float32")
     if dtype != "float32":
         raise ConfigError(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -41,6 +41,15 @@ class PissaConfig(LoraVariantConfig):
         return "pissa" if self.svd_niter is None else f"pissa_niter_{self.svd_niter}"
 
 
+def check(cfg: PissaConfig, full: Any) -> None:
+    """PiSSA replaces W0 by its SVD residual: peft does that on float weights only."""
+    if (full.get("model") or {}).get("quantization") is not None:
+        raise ConfigError(
+            "PiSSA replaces W0 by its SVD residual, which peft does on float weights only, not on a k-bit "
+            "(bitsandbytes) base: drop model/quantization, or use variant=lora"
+        )
+
+
 def build(model: torch.nn.Module, cfg: PissaConfig, task: str, context: BuildContext | None = None) -> AdapterInfo:
     """SVD-initialised LoRA; the initial adapter is kept (run_dir/pissa_init) for the conversion."""
     info = build_lora(model, cfg, task, SPEC, init_lora_weights=cfg.init)
@@ -65,4 +74,4 @@ def build(model: torch.nn.Module, cfg: PissaConfig, task: str, context: BuildCon
     return info
 
 
-SPEC = register_variant(VariantSpec("pissa", PissaConfig, build, is_trainable))
+SPEC = register_variant(VariantSpec("pissa", PissaConfig, build, is_trainable, check))

@@ -1,0 +1,374 @@
+"""Running one experiment on several processes: trainer checks before anything loads, which
+process is rank 0 before Lightning knows, how worker processes are started, and gathering a
+sharded adapter onto rank 0.
+
+Lightning's own subprocess launcher re-runs the command line in each worker. Under Hydra that
+re-composes the config (other timestamps, and in a multirun, the whole sweep again). Here a
+worker runs the run's saved, resolved `config.yaml` instead (`python -m loralab.worker`): every
+process trains exactly the configuration rank 0 recorded, into rank 0's run directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from loralab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# set by torchrun, SLURM, Lightning's launchers, MPI: any of them non-zero means "not rank 0"
+RANK_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "OMPI_COMM_WORLD_RANK")
+# what a launch sets in this process's environment, restored after the run (a sweep's next job
+# in the same process must start afresh)
+LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "OMP_NUM_THREADS")
+CUDA_ACCELERATORS = ("gpu", "cuda")
+# transformers' decoder layer classes: one FSDP unit each
+DECODER_LAYERS = (
+    "LlamaDecoderLayer",
+    "MistralDecoderLayer",
+    "Qwen2DecoderLayer",
+    "Qwen3DecoderLayer",
+    "GemmaDecoderLayer",
+    "Gemma2DecoderLayer",
+    "Phi3DecoderLayer",
+    "GPT2Block",
+    "GPTNeoXLayer",
+)
+
+
+def env_rank() -> int:
+    """This process's global rank as its launcher's environment says (0 when launched alone).
+    Valid before torch.distributed is set up, which Lightning does only inside `fit`."""
+    if os.environ.get("RANK", "").isdigit():
+        return int(os.environ["RANK"])
+    if os.environ.get("SLURM_PROCID", "").isdigit():
+        return int(os.environ["SLURM_PROCID"])
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")) or 0)
+    # Lightning's launcher sets the node and local rank (processes per node: known to the trainer
+    # only); a worker on another node counts as non-zero, which is what callers ask
+    return local if node == 0 else node * 1_000_000 + local
+
+
+def is_rank_zero() -> bool:
+    """Whether this process writes the run-level files (summary, reports, merged model)."""
+    return env_rank() == 0
+
+
+# ---- checks before anything loads --------------------------------------------------------
+def _strategy_target(trainer: Any) -> str:
+    strategy = trainer.get("strategy")
+    if strategy is None:
+        return ""
+    if isinstance(strategy, str):
+        return strategy
+    return str(strategy.get("_target_", ""))
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 arithmetic on this CPU (AVX512-BF16 or AMX); without it bf16 is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def check_trainer(cfg: Any) -> None:
+    """Trainer settings this machine cannot run, as one-line ConfigErrors, before any model or
+    data loads."""
+    import torch
+
+    trainer = cfg.get("trainer") or {}
+    accelerator = str(trainer.get("accelerator", "cpu"))
+    precision = str(trainer.get("precision", "32-true"))
+    target = _strategy_target(trainer)
+    devices = trainer.get("devices", 1)
+    num_nodes = trainer.get("num_nodes", 1) or 1
+    cuda = torch.cuda.is_available()
+
+    if accelerator in CUDA_ACCELERATORS and not cuda:
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} needs a CUDA GPU and this machine has none (torch sees no "
+            "CUDA device): use trainer=cpu, or trainer=ddp_cpu for several CPU processes"
+        )
+    if accelerator in CUDA_ACCELERATORS and isinstance(devices, int) and devices > torch.cuda.device_count():
+        raise ConfigError(
+            f"trainer.devices={devices} but this machine has {torch.cuda.device_count()} GPU(s): set "
+            "trainer.devices to at most that, or -1 for all"
+        )
+    if accelerator == "cpu":
+        if "FSDP" in target or "DeepSpeed" in target or target in ("fsdp", "deepspeed"):
+            raise ConfigError(
+                f"trainer.strategy {target.rsplit('.', 1)[-1]} runs on CUDA GPUs only: on CPU use trainer=ddp_cpu"
+            )
+        if precision.startswith("16") or precision == "transformer-engine":
+            raise ConfigError(
+                f"trainer.precision={precision} needs a GPU (fp16 with loss scaling): on CPU use "
+                "precision=bf16-mixed or precision=32-true"
+            )
+        if not (isinstance(devices, int) and devices >= 1):
+            raise ConfigError(f"trainer.devices must be a number of processes >= 1 on CPU, got {devices!r}")
+        if "bf16" in precision and not cpu_has_bf16():
+            log.warning(
+                "precision=%s on a CPU without native bf16 (no avx512_bf16/amx_bf16): it runs, emulated, and "
+                "may be slower than 32-true",
+                precision,
+            )
+    sharded = "FSDP" in target or "DeepSpeed" in target or target in ("fsdp", "deepspeed")
+    if sharded and (cfg.get("variant") or {}).get("name") == "delta_lora":
+        raise ConfigError(
+            "variant=delta_lora updates the base weights, which a sharded strategy splits between processes "
+            "and the saved adapter does not carry: use trainer=ddp (or gpu) with Delta-LoRA"
+        )
+    if "DeepSpeed" in target or target.startswith("deepspeed"):
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(
+                f"trainer.strategy {target.rsplit('.', 1)[-1]} needs the deepspeed package: pip install deepspeed"
+            ) from exc
+    if not isinstance(num_nodes, int) or num_nodes < 1:
+        raise ConfigError(f"trainer.num_nodes must be an integer >= 1, got {num_nodes!r}")
+    if num_nodes > 1 and not _cluster_launch():
+        raise ConfigError(
+            f"trainer.num_nodes={num_nodes} needs a multi-node launch: run under SLURM (srun, or "
+            "hydra/launcher=slurm with nodes set), or start the same command on every node with NODE_RANK, "
+            "MASTER_ADDR and MASTER_PORT set (or torchrun --nnodes)"
+        )
+    if (num_nodes > 1 or _external_launch()) and not _run_dir_pinned():
+        raise ConfigError(
+            "several processes were launched from outside (torchrun/srun): each would time-stamp its own run "
+            "directory; pin it with hydra.run.dir=outputs/<name> so that all of them agree"
+        )
+
+
+def _cluster_launch() -> bool:
+    return any(
+        v in os.environ for v in ("SLURM_NTASKS", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "OMPI_COMM_WORLD_SIZE")
+    )
+
+
+def _external_launch() -> bool:
+    """Processes started by torchrun or srun (not by loralab's own launcher)."""
+    if os.environ.get("LORALAB_WORKER"):
+        return False
+    world = os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or "1"
+    return world.isdigit() and int(world) > 1
+
+
+def _run_dir_pinned() -> bool:
+    """hydra.run.dir given on the command line (or a multirun, whose job directories are fixed
+    before the jobs start)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:
+        return True
+    if not HydraConfig.initialized():
+        return True
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        return True
+    return any(o.startswith("hydra.run.dir=") for o in hc.overrides.hydra)
+
+
+# ---- FSDP ----------------------------------------------------------------------------------
+def decoder_layer_policy() -> Any:
+    """FSDP auto-wrap policy: one unit per transformers decoder layer."""
+    import functools
+
+    from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
+
+    def is_layer(module: Any) -> bool:
+        return type(module).__name__ in DECODER_LAYERS
+
+    return functools.partial(lambda_auto_wrap_policy, lambda_fn=is_layer)
+
+
+# ---- worker processes ----------------------------------------------------------------------
+def adopt_launcher(trainer: Any, config_file: Path, run_dir: Path) -> None:
+    """Replace the strategy's script launcher (which re-runs the command line) by one that runs
+    the saved config in each worker. No-op for one process or when processes are started from
+    outside (torchrun, srun)."""
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    strategy = trainer.strategy
+    launcher = getattr(strategy, "_launcher", None)
+    if type(launcher) is not _SubprocessScriptLauncher:
+        return
+    strategy._launcher = JobLauncher(
+        launcher.cluster_environment, launcher.num_processes, launcher.num_nodes, config_file, run_dir
+    )
+
+
+def _job_launcher_class() -> type:
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    class _JobLauncher(_SubprocessScriptLauncher):
+        def __init__(self, env: Any, num_processes: int, num_nodes: int, config_file: Path, run_dir: Path) -> None:
+            super().__init__(env, num_processes, num_nodes)
+            self.config_file = Path(config_file)
+            self.run_dir = Path(run_dir)
+            self.saved_env = {k: os.environ.get(k) for k in LAUNCH_VARIABLES}
+            self.threads = None
+            self.watcher: _Watcher | None = None
+
+        def launch(self, function: Any, *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
+            # the workers run the whole job (validate, then fit): started at the first entry point
+            if not self.procs:
+                self.cluster_environment.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)
+                if not self.cluster_environment.creates_processes_externally:
+                    self._start_workers()
+                # the processes share the cores: torch's threads are split between them
+                if self.saved_env["OMP_NUM_THREADS"] is None and self.threads is None:
+                    import torch
+
+                    self.threads = torch.get_num_threads()
+                    torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.num_processes))
+            return function(*args, **kwargs)
+
+        def finish(self, failed: bool) -> None:
+            """After the job: wait for the workers (kill them when rank 0 failed: they would wait
+            for it), restore this process's environment and threads."""
+            if self.watcher is not None:
+                self.watcher.stopped = True
+            for proc in self.procs:
+                try:
+                    proc.wait(timeout=5 if failed else 300)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            self.procs = []
+            for key, value in self.saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            if self.threads is not None:
+                import torch
+
+                torch.set_num_threads(self.threads)
+
+        def _start_workers(self) -> None:
+            env = self.cluster_environment
+            os.environ["MASTER_ADDR"] = env.main_address
+            os.environ["MASTER_PORT"] = str(env.main_port)
+            logs = self.run_dir / "ranks"
+            logs.mkdir(parents=True, exist_ok=True)
+            for local_rank in range(1, self.num_processes):
+                worker_env = {
+                    **os.environ,
+                    "NODE_RANK": str(env.node_rank()),
+                    "LOCAL_RANK": str(local_rank),
+                    "WORLD_SIZE": str(self.num_processes * self.num_nodes),
+                    "LORALAB_WORKER": "1",
+                }
+                out = open(logs / f"rank{env.node_rank() * self.num_processes + local_rank}.log", "ab")  # noqa: SIM115
+                command = [sys.executable, "-m", "loralab.worker", str(self.config_file)]
+                self.procs.append(subprocess.Popen(command, env=worker_env, stdout=out, stderr=subprocess.STDOUT))
+                out.close()
+            self.watcher = _Watcher(self.procs, self.run_dir)
+            self.watcher.start()
+
+    return _JobLauncher
+
+
+class _Watcher(threading.Thread):
+    """Ends the run when a worker dies: the others would wait for it in their next collective
+    for the process group's timeout. Rank 0 records the failure in summary.json first."""
+
+    def __init__(self, procs: list, run_dir: Path) -> None:
+        super().__init__(daemon=True, name="loralab-worker-watcher")
+        self.procs = list(procs)
+        self.run_dir = run_dir
+        self.main_pid = os.getpid()
+        self.stopped = False
+
+    def run(self) -> None:
+        while not self.stopped:
+            codes = [p.poll() for p in self.procs]
+            failed = [(i + 1, c) for i, c in enumerate(codes) if c not in (None, 0)]
+            if failed and not self.stopped:
+                rank, code = failed[0]
+                from loralab.reporting.summary import write_failed_summary
+
+                write_failed_summary(
+                    self.run_dir,
+                    f"WorkerFailed: rank {rank} exited with code {code}: see {self.run_dir / 'ranks'}/rank{rank}.log",
+                )
+                log.error("rank %d exited with code %d: ending the run (see ranks/rank%d.log)", rank, code, rank)
+                for p in self.procs:
+                    if p.poll() is None:
+                        p.kill()
+                os.kill(self.main_pid, signal.SIGKILL)
+                return
+            if all(c == 0 for c in codes):
+                return
+            time.sleep(1)
+
+
+def JobLauncher(*args: Any) -> Any:  # noqa: N802 (a class made on first use: Lightning imports late)
+    return _job_launcher_class()(*args)
+
+
+def end_distributed(trainer: Any, failed: bool) -> None:
+    """After a run: join (or, on failure, stop) the workers, restore the environment, and close
+    the process group the fit opened (Lightning leaves it open), so that the next run in this
+    process (a sweep's next job) starts afresh."""
+    import torch.distributed as dist
+
+    launcher = getattr(getattr(trainer, "strategy", None), "_launcher", None)
+    if hasattr(launcher, "finish"):
+        launcher.finish(failed)
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ---- the whole adapter on rank 0 --------------------------------------------------------------
+@contextlib.contextmanager
+def full_parameters(trainer: Any) -> Iterator[None]:
+    """Inside: rank 0's module holds every parameter whole, gathered from the other ranks'
+    shards (FSDP, DeepSpeed ZeRO-3); nothing to do for DDP and one device. Every rank must
+    enter it (it is a collective)."""
+    strategy = trainer.strategy
+    name = type(strategy).__name__
+    if name == "FSDPStrategy":
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        with FSDP.summon_full_params(strategy.model, writeback=False, rank0_only=True, offload_to_cpu=True):
+            yield
+    elif name == "DeepSpeedStrategy" and getattr(strategy, "zero_stage_3", False):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(strategy.model.parameters()), modifier_rank=None):
+            yield
+    else:
+        yield
+
+
+def sharded_strategy(trainer: Any) -> bool:
+    """Whether parameters are split between processes (FSDP, DeepSpeed ZeRO-3)."""
+    strategy = trainer.strategy
+    name = type(strategy).__name__
+    return name == "FSDPStrategy" or (name == "DeepSpeedStrategy" and bool(getattr(strategy, "zero_stage_3", False)))
+
+
+WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def clean_name(name: str) -> str:
+    """A parameter name without the wrappers' parts (FSDP, activation checkpointing, compile)."""
+    for part in WRAPPER_PARTS:
+        name = name.replace(part, "")
+    return name

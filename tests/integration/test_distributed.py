@@ -1,0 +1,133 @@
+"""trainer=ddp_cpu: the tiny model trained in two processes (gloo) through the real CLI.
+
+The two-process run must train what one process trains with twice the per-device batch on the
+same data and seed; rank 0 alone writes the run's files and its one W&B run; checkpoints hold
+the whole adapter, read back and hash-checked; a resumed run continues bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from loralab.callbacks.adapter_checkpoint import STATE_FILE, state_digest
+from tests.wandb_records import run_facts
+
+# W&B on (offline) to count its runs; LoRA dropout off: each process draws its own masks
+COMMON = ["model=tiny", "debug=fast", "~callbacks.progress", "variant.dropout=0", "trainer.max_steps=4"]
+
+
+def launch(tmp_path: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LORALAB_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
+    for key in ("HYDRA_FULL_ERROR", "LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK"):
+        env.pop(key, None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "loralab.train", *COMMON, *overrides, f"hydra.run.dir={run_dir}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One process with batch 8, and two processes with batch 4 each."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    launch(tmp, tmp / "single", "trainer=cpu", "data.train_batch_size=8")
+    launch(tmp, tmp / "ddp", "trainer=ddp_cpu", "trainer.devices=2", "data.train_batch_size=4")
+    return tmp
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_two_processes_train_what_one_process_trains_with_twice_the_batch(runs):
+    single, ddp = (
+        load_file(runs / "single/adapter/adapter_model.safetensors"),
+        load_file(runs / "ddp/adapter/adapter_model.safetensors"),
+    )
+    assert single.keys() == ddp.keys() and len(single) == 28
+    start = load_file(runs / "ddp/checkpoints/step-0000002/adapter_model.safetensors")
+    for name in single:
+        # the adapter moved (B starts at zero), and by the same amount in both runs
+        assert not torch.equal(single[name], start[name]) or "lora_A" in name
+        torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-6, msg=name)
+    s, d = summary(runs / "single"), summary(runs / "ddp")
+    assert s["global_step"] == d["global_step"] == 4
+    # every validation example counted once: the same loss as one process
+    for key in ("val/loss", "val/exact_match"):
+        assert d["after"][key] == pytest.approx(s["after"][key], rel=1e-4), key
+        assert d["before"][key] == pytest.approx(s["before"][key], rel=1e-5), key
+    assert d["final_train_loss"] == pytest.approx(s["final_train_loss"], rel=1e-4)
+    # the merge check ran once, on rank 0's full model
+    assert d["merge_passed"] and json.loads((runs / "ddp/merge_report.json").read_text())["passed"]
+
+
+def test_rank_zero_alone_writes_the_run_files(runs):
+    def files(run_dir: Path) -> set[str]:
+        return {
+            str(p.relative_to(run_dir))
+            for p in run_dir.rglob("*")
+            if p.is_file() and "wandb" not in p.parts and ".hydra" not in p.parts
+        }
+
+    ddp, single = files(runs / "ddp"), files(runs / "single")
+    # the same files as one process, plus the worker's own log
+    assert ddp - single == {"ranks/rank1.log"}, ddp ^ single
+    assert single - ddp == set()
+    # one W&B run, rank 0's (run_facts asserts there is exactly one) with the final figures
+    facts = run_facts(runs / "ddp")
+    assert facts["summary"]["final/trainable_params"] == summary(runs / "ddp")["trainable_params"]
+    assert facts["config"]["trainer.strategy._target_"] == "lightning.pytorch.strategies.DDPStrategy"
+    # the freeze manifest is the one a single process writes
+    manifest = json.loads((runs / "ddp/freeze_manifest.json").read_text())
+    assert manifest == json.loads((runs / "single/freeze_manifest.json").read_text())
+    # the worker trained the config rank 0 saved, and said so in its log
+    log = (runs / "ddp/ranks/rank1.log").read_text()
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log and "Traceback" not in log
+
+
+def test_checkpoints_hold_the_whole_adapter_checked_by_hash(runs):
+    for step in ("step-0000002", "step-0000004"):
+        ckpt = runs / "ddp/checkpoints" / step
+        meta = json.loads((ckpt / "checkpoint.json").read_text())
+        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)["state_dict"]
+        adapter = load_file(ckpt / "adapter_model.safetensors")
+        assert meta["world_size"] == 2 and len(state) == len(adapter) == 28
+        assert meta["trainable_sha256"] == state_digest(state)
+        assert meta["adapter_sha256"] == state_digest(adapter)
+    assert summary(runs / "ddp")["adapter_sha256"] == state_digest(
+        load_file(runs / "ddp/adapter/adapter_model.safetensors")
+    )
+
+
+def test_resume_under_ddp_continues_bit_for_bit(runs):
+    """Cut the two-process run back to its step-2 checkpoint, resume it with two processes: the
+    adapter and the metrics at step 4 are those of the uninterrupted run (the optimizer state,
+    the schedule and the data position were all restored)."""
+    resumed = runs / "resumed"
+    shutil.copytree(runs / "ddp", resumed)
+    for name in ("checkpoints/step-0000004", "adapter", "merged", "summary.json", "merge_report.json"):
+        path = resumed / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    launch(runs, resumed, "trainer=ddp_cpu", "trainer.devices=2", "data.train_batch_size=4", "resume=auto")
+    done, again = (
+        load_file(runs / "ddp/adapter/adapter_model.safetensors"),
+        load_file(resumed / "adapter/adapter_model.safetensors"),
+    )
+    assert done.keys() == again.keys()
+    for name in done:
+        assert torch.equal(done[name], again[name]), name
+    assert summary(resumed)["after"] == summary(runs / "ddp")["after"]
+    assert summary(resumed)["global_step"] == 4
