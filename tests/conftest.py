@@ -19,6 +19,18 @@ os.environ.setdefault("WANDB_SILENT", "true")
 register_schemas()
 
 TINY = ["model=tiny", "debug=fast", "logger=csv", "~callbacks.progress"]
+# the tiny Llama (2 layers, width 64) as a transformers config, for tests that build it directly
+TINY_CONFIG = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "max_position_embeddings": 256,
+    "tie_word_embeddings": True,
+}
 
 
 def compose_config(overrides: list[str], run_dir: Path, cache_dir: Path | None = None) -> DictConfig:
@@ -60,20 +72,7 @@ def build_tiny_adapter(task: str = "causal_lm", labels: list[str] | None = None,
     from loralab.variants import get_variant
 
     torch.manual_seed(0)
-    source = FromConfig(
-        {
-            "model_type": "llama",
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": 16,
-            "max_position_embeddings": 256,
-            "tie_word_embeddings": True,
-        },
-        name="tiny",
-    )
+    source = FromConfig(dict(TINY_CONFIG), name="tiny")
     cfg = LoraVariantConfig(**variant)
     return get_variant("lora").build(source.load_model(task, labels), cfg, task), source.load_tokenizer()
 

@@ -26,8 +26,6 @@ from loralab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# set by torchrun, SLURM, Lightning's launchers, MPI: any of them non-zero means "not rank 0"
-RANK_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "OMPI_COMM_WORLD_RANK")
 # what a launch sets in this process's environment, restored after the run (a sweep's next job
 # in the same process must start afresh)
 LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "OMP_NUM_THREADS")
@@ -48,16 +46,22 @@ DECODER_LAYERS = (
 
 def env_rank() -> int:
     """This process's global rank as its launcher's environment says (0 when launched alone).
-    Valid before torch.distributed is set up, which Lightning does only inside `fit`."""
+    Valid before torch.distributed is set up, which Lightning does only inside `fit`.
+    Order as Lightning's: RANK (torchrun, loralab's workers), then the local and node rank
+    (Lightning's launcher), then SLURM's and MPI's task ids (a worker started inside an
+    interactive SLURM job inherits SLURM_PROCID=0, so the local rank comes first)."""
     if os.environ.get("RANK", "").isdigit():
         return int(os.environ["RANK"])
-    if os.environ.get("SLURM_PROCID", "").isdigit():
-        return int(os.environ["SLURM_PROCID"])
-    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
-    node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")) or 0)
-    # Lightning's launcher sets the node and local rank (processes per node: known to the trainer
-    # only); a worker on another node counts as non-zero, which is what callers ask
-    return local if node == 0 else node * 1_000_000 + local
+    if "LOCAL_RANK" in os.environ or "NODE_RANK" in os.environ or "GROUP_RANK" in os.environ:
+        local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")) or 0)
+        # processes per node are known to the trainer only: a process on another node counts as
+        # non-zero, which is what callers ask
+        return local if node == 0 else node * 1_000_000 + local
+    for key in ("SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
 
 
 def is_rank_zero() -> bool:
@@ -67,12 +71,17 @@ def is_rank_zero() -> bool:
 
 # ---- checks before anything loads --------------------------------------------------------
 def _strategy_target(trainer: Any) -> str:
+    """The strategy's class path or Lightning's registered name, normalised: names like
+    deepspeed_stage_3 and fsdp_cpu_offload read as DeepSpeed and FSDP."""
     strategy = trainer.get("strategy")
     if strategy is None:
         return ""
-    if isinstance(strategy, str):
-        return strategy
-    return str(strategy.get("_target_", ""))
+    name = strategy if isinstance(strategy, str) else str(strategy.get("_target_", ""))
+    if isinstance(strategy, str) and name.lower().startswith("fsdp"):
+        return f"FSDPStrategy ({name})"
+    if isinstance(strategy, str) and name.lower().startswith("deepspeed"):
+        return f"DeepSpeedStrategy ({name})"
+    return name
 
 
 def cpu_has_bf16() -> bool:
@@ -149,7 +158,8 @@ def check_trainer(cfg: Any) -> None:
     if (num_nodes > 1 or _external_launch()) and not _run_dir_pinned():
         raise ConfigError(
             "several processes were launched from outside (torchrun/srun): each would time-stamp its own run "
-            "directory; pin it with hydra.run.dir=outputs/<name> so that all of them agree"
+            "directory; pin it with hydra.run.dir=outputs/<name> (a multirun: hydra.sweep.dir=...) so that all "
+            "of them agree"
         )
 
 
@@ -168,8 +178,8 @@ def _external_launch() -> bool:
 
 
 def _run_dir_pinned() -> bool:
-    """hydra.run.dir given on the command line (or a multirun, whose job directories are fixed
-    before the jobs start)."""
+    """hydra.run.dir given on the command line (a multirun: hydra.sweep.dir, or submitit, which
+    fixes each job's directory before its tasks start)."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -179,7 +189,12 @@ def _run_dir_pinned() -> bool:
         return True
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:
-        return True
+        # submitit pickles each job's config once for all its tasks; otherwise every process
+        # would time-stamp its own sweep directory
+        from omegaconf import OmegaConf
+
+        launcher = str(OmegaConf.select(hc, "launcher._target_") or "")
+        return "submitit" in launcher or any(o.startswith("hydra.sweep.dir=") for o in hc.overrides.hydra)
     return any(o.startswith("hydra.run.dir=") for o in hc.overrides.hydra)
 
 
@@ -197,16 +212,24 @@ def decoder_layer_policy() -> Any:
 
 
 # ---- worker processes ----------------------------------------------------------------------
-def adopt_launcher(trainer: Any, config_file: Path, run_dir: Path) -> None:
+def adopt_launcher(trainer: Any, config_file: Path, run_dir: Path, cfg: Any = None) -> None:
     """Replace the strategy's script launcher (which re-runs the command line) by one that runs
     the saved config in each worker. No-op for one process or when processes are started from
-    outside (torchrun, srun)."""
+    outside (torchrun, srun). On other nodes than node 0 (no shared disk assumed) the launching
+    process writes its own copy of the resolved config for its workers."""
     from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
     strategy = trainer.strategy
     launcher = getattr(strategy, "_launcher", None)
     if type(launcher) is not _SubprocessScriptLauncher:
         return
+    node = launcher.cluster_environment.node_rank()
+    if node != 0 and cfg is not None:
+        from omegaconf import OmegaConf
+
+        config_file = run_dir / "ranks" / f"config.node{node}.yaml"
+        config_file.parent.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), config_file)
     strategy._launcher = JobLauncher(
         launcher.cluster_environment, launcher.num_processes, launcher.num_nodes, config_file, run_dir
     )
@@ -266,60 +289,100 @@ def _job_launcher_class() -> type:
             os.environ["MASTER_PORT"] = str(env.main_port)
             logs = self.run_dir / "ranks"
             logs.mkdir(parents=True, exist_ok=True)
+            ranks = []
             for local_rank in range(1, self.num_processes):
+                rank = env.node_rank() * self.num_processes + local_rank
                 worker_env = {
                     **os.environ,
                     "NODE_RANK": str(env.node_rank()),
                     "LOCAL_RANK": str(local_rank),
+                    "RANK": str(rank),
                     "WORLD_SIZE": str(self.num_processes * self.num_nodes),
                     "LORALAB_WORKER": "1",
                 }
-                out = open(logs / f"rank{env.node_rank() * self.num_processes + local_rank}.log", "ab")  # noqa: SIM115
+                for key in ("SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "JSM_NAMESPACE_RANK"):
+                    worker_env.pop(key, None)  # the worker's rank is RANK, not its parent's task id
+                out = open(logs / f"rank{rank}.log", "ab")  # noqa: SIM115
                 command = [sys.executable, "-m", "loralab.worker", str(self.config_file)]
-                self.procs.append(subprocess.Popen(command, env=worker_env, stdout=out, stderr=subprocess.STDOUT))
+                self.procs.append(
+                    subprocess.Popen(
+                        command, env=worker_env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+                    )
+                )
                 out.close()
-            self.watcher = _Watcher(self.procs, self.run_dir)
+                ranks.append(rank)
+            self.watcher = _Watcher(self.procs, ranks, self.run_dir)
             self.watcher.start()
 
     return _JobLauncher
 
 
-class _Watcher(threading.Thread):
-    """Ends the run when a worker dies: the others would wait for it in their next collective
-    for the process group's timeout. Rank 0 records the failure in summary.json first."""
+def _die_with_parent() -> None:
+    """In a worker, before it starts: the kernel kills it when rank 0's process dies (Linux), so
+    no worker is left waiting in a collective for a rank 0 that is gone."""
+    try:
+        import ctypes
 
-    def __init__(self, procs: list, run_dir: Path) -> None:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class _Watcher(threading.Thread):
+    """Ends the run when a worker dies before the last collective: the others would wait for
+    it in their next collective for the process group's timeout (30 min). It records the
+    failure in summary.json and stops the other workers; with gloo rank 0's next collective then
+    fails at once and the run ends as a failed run (a sweep goes on to its next job). A rank 0
+    still blocked after GRACE_S (NCCL waits out its timeout) is killed."""
+
+    GRACE_S = 60
+
+    def __init__(self, procs: list, ranks: list[int], run_dir: Path) -> None:
         super().__init__(daemon=True, name="loralab-worker-watcher")
         self.procs = list(procs)
+        self.ranks = ranks
         self.run_dir = run_dir
         self.main_pid = os.getpid()
-        self.stopped = False
+        self.stopped = False  # set after the last collective, or when the run ends
 
     def run(self) -> None:
         while not self.stopped:
             codes = [p.poll() for p in self.procs]
-            failed = [(i + 1, c) for i, c in enumerate(codes) if c not in (None, 0)]
-            if failed and not self.stopped:
-                rank, code = failed[0]
-                from loralab.reporting.summary import write_failed_summary
-
-                write_failed_summary(
-                    self.run_dir,
-                    f"WorkerFailed: rank {rank} exited with code {code}: see {self.run_dir / 'ranks'}/rank{rank}.log",
-                )
-                log.error("rank %d exited with code %d: ending the run (see ranks/rank%d.log)", rank, code, rank)
-                for p in self.procs:
-                    if p.poll() is None:
-                        p.kill()
-                os.kill(self.main_pid, signal.SIGKILL)
+            failed = [(rank, c) for rank, c in zip(self.ranks, codes, strict=True) if c not in (None, 0)]
+            if failed:
+                self._end(*failed[0])
                 return
             if all(c == 0 for c in codes):
                 return
             time.sleep(1)
 
+    def _end(self, rank: int, code: int) -> None:
+        from loralab.reporting.summary import write_failed_summary
+
+        message = f"WorkerFailed: rank {rank} exited with code {code}: see {self.run_dir / 'ranks'}/rank{rank}.log"
+        write_failed_summary(self.run_dir, message)
+        log.error("%s: ending the run", message)
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+        deadline = time.time() + self.GRACE_S
+        while time.time() < deadline:
+            if self.stopped:  # rank 0 failed its collective and is finishing as a failed run
+                return
+            time.sleep(1)
+        os.kill(self.main_pid, signal.SIGKILL)
+
 
 def JobLauncher(*args: Any) -> Any:  # noqa: N802 (a class made on first use: Lightning imports late)
     return _job_launcher_class()(*args)
+
+
+def collectives_done(trainer: Any) -> None:
+    """The run's last collective is behind it: a worker exiting now (even with an error at its
+    interpreter's teardown) no longer concerns rank 0, which goes on with the merge check."""
+    watcher = getattr(getattr(getattr(trainer, "strategy", None), "_launcher", None), "watcher", None)
+    if watcher is not None:
+        watcher.stopped = True
 
 
 def end_distributed(trainer: Any, failed: bool) -> None:
@@ -351,7 +414,9 @@ def full_parameters(trainer: Any) -> Iterator[None]:
     elif name == "DeepSpeedStrategy" and getattr(strategy, "zero_stage_3", False):
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters(list(strategy.model.parameters()), modifier_rank=None):
+        # the adapter alone: gathering the frozen base too would put the whole model on every GPU
+        trainable = [p for p in strategy.model.parameters() if p.requires_grad]
+        with deepspeed.zero.GatheredParameters(trainable, modifier_rank=None):
             yield
     else:
         yield

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -11,7 +12,10 @@ import lightning.pytorch as pl
 import torch
 from transformers import GenerationConfig
 
+from loralab.distributed import sharded_strategy
 from loralab.variants.registry import AdapterInfo
+
+log = logging.getLogger(__name__)
 
 
 class LoraModule(pl.LightningModule):
@@ -45,6 +49,8 @@ class LoraModule(pl.LightningModule):
         self.last_val_step = -1
         self._batch_start = 0.0
         self._val_sums: list[torch.Tensor] = []
+        self._warned_sharded = False
+        self._global_tokens: int | None = None
 
     def forward(self, **batch: torch.Tensor) -> Any:
         return self.model(**batch)
@@ -54,17 +60,18 @@ class LoraModule(pl.LightningModule):
         self._batch_start = time.perf_counter()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        if self.classification:
+        world = self.trainer.world_size
+        if self.classification or world == 1:
             loss = self.model(**batch).loss
         else:
-            # the mean over every predicted token of the global batch, on one process or many:
-            # each rank divides its token-loss sum by (global tokens / world size), and DDP's
-            # gradient average makes that sum / global tokens. (The model's own mean per rank
-            # would weigh a rank's tokens by 1 / its count, not the same as one process.)
-            tokens = (batch["labels"][:, 1:] != -100).sum()
-            world = self.trainer.world_size
-            total = self.trainer.strategy.reduce(tokens.float(), reduce_op="sum") if world > 1 else tokens.float()
-            loss = self.model(**batch, num_items_in_batch=(total / world).clamp_min(1e-6)).loss
+            # the mean over every predicted token of the global batch, as one process computes
+            # it: each rank divides its token-loss sum by (global tokens / world size), and the
+            # strategy's gradient average makes that sum / global tokens. (The model's own mean
+            # per rank would weigh a rank's tokens by 1 / its own count.)
+            local = torch.stack([(batch["labels"][:, 1:] != -100).sum(), batch["attention_mask"].sum()]).float()
+            predicted, seen = self.trainer.strategy.reduce(local, reduce_op="sum")
+            self._global_tokens = int(seen)  # throughput is counted over every process
+            loss = self.model(**batch, num_items_in_batch=(predicted / world).clamp_min(1e-6)).loss
         self.log(
             "train/loss",
             loss,
@@ -82,7 +89,8 @@ class LoraModule(pl.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
         seconds = time.perf_counter() - self._batch_start
-        tokens = int(batch["attention_mask"].sum())
+        tokens = self._global_tokens if self._global_tokens is not None else int(batch["attention_mask"].sum())
+        self._global_tokens = None
         self.tokens_seen += tokens
         self.train_seconds += seconds
         self.log("train/tokens_per_s", tokens / max(seconds, 1e-9), prog_bar=True)
@@ -116,7 +124,17 @@ class LoraModule(pl.LightningModule):
             self.log("val/accuracy", (sums[2] / sums[1].clamp_min(1)).item(), prog_bar=True)
         else:
             rows = getattr(self.trainer.datamodule, "generation_set", None) or []
-            if rows:
+            if rows and sharded_strategy(self.trainer):
+                # greedy decoding runs the model outside the strategy's forward, which under
+                # FSDP/ZeRO-3 holds only a shard of the weights: not measured there
+                if not self._warned_sharded:
+                    log.warning(
+                        "val/exact_match is not measured under %s (generation needs the whole model): "
+                        "val/loss and val/ppl are; measure exact match on the saved adapter with trainer=gpu",
+                        type(self.trainer.strategy).__name__,
+                    )
+                    self._warned_sharded = True
+            elif rows:
                 self.log("val/exact_match", self.exact_match(rows), prog_bar=True)
         self.last_val_step = self.trainer.global_step
 

@@ -28,10 +28,11 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     import lightning.pytorch as pl
     import torch
     from hydra.utils import instantiate
+    from lightning.pytorch.utilities import rank_zero_only
 
     from loralab.callbacks import find_checkpoint
     from loralab.data.datamodule import LoraDataModule
-    from loralab.distributed import adopt_launcher, end_distributed, is_rank_zero
+    from loralab.distributed import adopt_launcher, end_distributed, env_rank, is_rank_zero
     from loralab.io import set_aside
     from loralab.module import LoraModule
     from loralab.reporting.run_meta import RESOLVED_CONFIG, flat_config, write_run_meta
@@ -50,6 +51,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     run_dir = Path(cfg.paths.run_dir)
     # several processes (trainer=ddp_cpu, ddp, fsdp, ...): run-level files are rank 0's alone
     zero = is_rank_zero()
+    # Lightning learns the global rank inside fit; loggers used before then must know it now
+    # (a second node's launching process would otherwise count as rank 0)
+    rank_zero_only.rank = env_rank()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     source = instantiate(cfg.model)  # cheap: checks the model's location
     spec = get_variant(typed.variant.name)
@@ -86,10 +90,14 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)  # 4. fit
     # workers train the config rank 0 saved, not a re-composed command line
-    adopt_launcher(trainer, run_dir / RESOLVED_CONFIG, run_dir)
+    adopt_launcher(trainer, run_dir / RESOLVED_CONFIG, run_dir, cfg)
     data_facts = {f"data/{split}_{k}": v for split, st in datamodule.stats.items() for k, v in st.items()}
-    for lg in loggers:
+    for lg in loggers if zero else []:
         lg.log_hyperparams({**flat_config(cfg), **data_facts, "data/fingerprint": datamodule.fingerprint})
+    if not zero:
+        # every process built the same adapter from the seed; from here each draws its own
+        # dropout masks (rank 0 keeps the stream one process has)
+        torch.manual_seed(cfg.seed + env_rank())
     failed = True
     try:
         if cfg.validate_before and ckpt is None:

@@ -20,8 +20,9 @@ from safetensors.torch import load_file
 from loralab.callbacks.adapter_checkpoint import STATE_FILE, state_digest
 from tests.wandb_records import run_facts
 
-# W&B on (offline) to count its runs; LoRA dropout off: each process draws its own masks
-COMMON = ["model=tiny", "debug=fast", "~callbacks.progress", "variant.dropout=0", "trainer.max_steps=4"]
+# W&B on (offline) to count its runs
+COMMON = ["model=tiny", "debug=fast", "~callbacks.progress", "trainer.max_steps=4"]
+DDP = ["trainer=ddp_cpu", "trainer.devices=2", "data.train_batch_size=4"]
 
 
 def launch(tmp_path: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -41,10 +42,12 @@ def launch(tmp_path: Path, run_dir: Path, *overrides: str) -> subprocess.Complet
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One process with batch 8, and two processes with batch 4 each."""
+    """One process with batch 8, and two processes with batch 4 each, LoRA dropout off (each
+    process draws its own masks); and two processes with dropout, for the resume test."""
     tmp = tmp_path_factory.mktemp("ddp")
-    launch(tmp, tmp / "single", "trainer=cpu", "data.train_batch_size=8")
-    launch(tmp, tmp / "ddp", "trainer=ddp_cpu", "trainer.devices=2", "data.train_batch_size=4")
+    launch(tmp, tmp / "single", "trainer=cpu", "data.train_batch_size=8", "variant.dropout=0")
+    launch(tmp, tmp / "ddp", *DDP, "variant.dropout=0")
+    launch(tmp, tmp / "ddp_dropout", *DDP, "variant.dropout=0.1")
     return tmp
 
 
@@ -70,6 +73,8 @@ def test_two_processes_train_what_one_process_trains_with_twice_the_batch(runs):
         assert d["after"][key] == pytest.approx(s["after"][key], rel=1e-4), key
         assert d["before"][key] == pytest.approx(s["before"][key], rel=1e-5), key
     assert d["final_train_loss"] == pytest.approx(s["final_train_loss"], rel=1e-4)
+    # throughput counts every process's tokens
+    assert d["train_tokens"] == s["train_tokens"] > 0
     # the merge check ran once, on rank 0's full model
     assert d["merge_passed"] and json.loads((runs / "ddp/merge_report.json").read_text())["passed"]
 
@@ -113,21 +118,34 @@ def test_checkpoints_hold_the_whole_adapter_checked_by_hash(runs):
 
 
 def test_resume_under_ddp_continues_bit_for_bit(runs):
-    """Cut the two-process run back to its step-2 checkpoint, resume it with two processes: the
-    adapter and the metrics at step 4 are those of the uninterrupted run (the optimizer state,
-    the schedule and the data position were all restored)."""
+    """Cut the two-process run (with dropout) back to its step-2 checkpoint, resume it with two
+    processes: the adapter and the metrics at step 4 are those of the uninterrupted run (the
+    optimizer state, the schedule, the data position and each rank's own RNG were restored)."""
     resumed = runs / "resumed"
-    shutil.copytree(runs / "ddp", resumed)
+    shutil.copytree(runs / "ddp_dropout", resumed)
     for name in ("checkpoints/step-0000004", "adapter", "merged", "summary.json", "merge_report.json"):
         path = resumed / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    launch(runs, resumed, "trainer=ddp_cpu", "trainer.devices=2", "data.train_batch_size=4", "resume=auto")
-    done, again = (
-        load_file(runs / "ddp/adapter/adapter_model.safetensors"),
-        load_file(resumed / "adapter/adapter_model.safetensors"),
-    )
+    launch(runs, resumed, *DDP, "variant.dropout=0.1", "resume=auto")
+    done = load_file(runs / "ddp_dropout/adapter/adapter_model.safetensors")
+    again = load_file(resumed / "adapter/adapter_model.safetensors")
     assert done.keys() == again.keys()
     for name in done:
         assert torch.equal(done[name], again[name]), name
-    assert summary(resumed)["after"] == summary(runs / "ddp")["after"]
+    assert summary(resumed)["after"] == summary(runs / "ddp_dropout")["after"]
     assert summary(resumed)["global_step"] == 4
+
+
+def test_resume_with_another_number_of_processes_is_refused(runs):
+    """The data position is counted in per-process batches: one line, the finished files stay."""
+    again = runs / "one_process"
+    shutil.copytree(runs / "ddp", again)
+    env = {**os.environ, "LORALAB_CACHE": str(runs / "cache"), "WANDB_MODE": "offline"}
+    command = [sys.executable, "-m", "loralab.train", *COMMON, "logger=csv", "variant.dropout=0", "trainer=cpu"]
+    command += ["data.train_batch_size=4", f"ckpt_path={again / 'checkpoints/step-0000002'}", f"hydra.run.dir={again}"]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("loralab: error: the checkpoint was saved by 2 process(es) and this run has 1"), last
+    assert (again / "adapter/adapter_model.safetensors").is_file()
+    assert (again / "checkpoints/step-0000004/checkpoint.json").is_file()

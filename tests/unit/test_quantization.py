@@ -17,19 +17,9 @@ from loralab.models import FromConfig, Pretrained
 from loralab.models.quantized import check_available, dequantized_copy, quantization_of
 from loralab.module import LoraModule
 from loralab.variants import get_variant
+from tests.conftest import TINY_CONFIG
 
 PRESETS = ("nf4", "fp4", "int8")
-TINY_CONFIG = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-    "max_position_embeddings": 256,
-    "tie_word_embeddings": True,
-}
 
 
 def _batch(tokenizer) -> dict:

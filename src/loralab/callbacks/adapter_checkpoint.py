@@ -25,7 +25,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from loralab.distributed import clean_name, full_parameters
+from loralab.distributed import clean_name, collectives_done, full_parameters
 from loralab.errors import CheckpointError, ConfigError
 from loralab.io import dir_bytes, write_dir, write_json
 
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "training_state.ckpt"
 WORLD_KEY = "loralab_world_size"
+RNG_KEY = "loralab_rng_per_rank"
 META_FILE = "checkpoint.json"
 # the variant's own facts at that step (LoRA-drop's selection: read back on resume)
 VARIANT_FILE = "variant.json"
@@ -95,7 +96,8 @@ def read_adapter_file(directory: Path) -> dict[str, torch.Tensor]:
 
 
 def _complete(path: Path) -> bool:
-    return (path / META_FILE).is_file() and (path / STATE_FILE).is_file()
+    # DeepSpeed writes the training state as a directory of shards
+    return (path / META_FILE).is_file() and (path / STATE_FILE).exists()
 
 
 def list_checkpoints(dirpath: str | Path) -> list[dict]:
@@ -113,9 +115,9 @@ def find_checkpoint(ckpt_path: str | None, resume: str | None, dirpath: str | Pa
     under `dirpath` for resume=auto (None when there is none yet)."""
     if ckpt_path:
         path = Path(ckpt_path)
-        if path.is_dir():
+        if path.is_dir() and path.name != STATE_FILE:
             path = path / STATE_FILE
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"ckpt_path not found: {ckpt_path}: pass a checkpoint directory or its {STATE_FILE}")
         return str(path)
     if resume == "auto":
@@ -159,8 +161,18 @@ class AdapterCheckpoint(pl.Callback):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if clean_name(k) in keep}
         # the data position is counted in per-process batches: resume with as many processes
         checkpoint[WORLD_KEY] = trainer.world_size
+        # every process's own RNG state (dropout masks differ between ranks): each resumes its own
+        states = [self.state_dict()]
+        if trainer.world_size > 1:
+            import torch.distributed as dist
+
+            states = [None] * trainer.world_size
+            dist.all_gather_object(states, self.state_dict())  # every rank saves: a collective
+        checkpoint[RNG_KEY] = states
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        states = checkpoint.get(RNG_KEY)
+        self._own_rng = states[trainer.global_rank] if states else None
         saved_world = checkpoint.get(WORLD_KEY, 1)
         if saved_world != trainer.world_size:
             raise CheckpointError(
@@ -168,6 +180,8 @@ class AdapterCheckpoint(pl.Callback):
                 "resume with the same trainer.devices and trainer.num_nodes (each process's data position and "
                 "batch are part of the state)"
             )
+        if "state_dict" not in checkpoint:  # FSDP and DeepSpeed load the weights themselves, first
+            return
         needed = {clean_name(n) for n, p in pl_module.named_parameters() if p.requires_grad}
         missing = sorted(needed - set(checkpoint["state_dict"]))
         if missing:
@@ -188,6 +202,9 @@ class AdapterCheckpoint(pl.Callback):
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        # Lightning hands every process rank 0's callback state; this process's own, when the
+        # checkpoint has it (read in on_load_checkpoint, which Lightning calls first)
+        state = getattr(self, "_own_rng", None) or state
         if "rng_torch" in state:
             torch.set_rng_state(state["rng_torch"])
             random.setstate(state["rng_python"])
@@ -213,14 +230,20 @@ class AdapterCheckpoint(pl.Callback):
             tmp.mkdir(parents=True)
         trainer.strategy.barrier()
         trainer.save_checkpoint(tmp / STATE_FILE, weights_only=False)  # collective; rank 0 writes
-        expected, adapter_digest = self._save_adapter(trainer, pl_module, tmp)  # collective
-        if trainer.is_global_zero:
-            try:
+        error: BaseException | None = None
+        try:
+            expected, adapter_digest = self._save_adapter(trainer, pl_module, tmp)  # collective
+            if trainer.is_global_zero and (tmp / STATE_FILE).is_file():  # DeepSpeed writes a directory
                 state = torch.load(tmp / STATE_FILE, map_location="cpu", weights_only=False)["state_dict"]
                 compare_digests(expected, state, f"the training state in {tmp.name}")
-            except CheckpointError:
+        except Exception as exc:  # noqa: BLE001 (re-raised below, once every rank knows)
+            error = exc
+        # rank 0's failure reaches every rank, none is left waiting in a barrier
+        if not trainer.strategy.reduce_boolean_decision(error is None, all=True):
+            if trainer.is_global_zero:
                 shutil.rmtree(tmp, ignore_errors=True)
-                raise
+            raise error or CheckpointError(f"saving checkpoint step {step} failed on another rank: see its log")
+        if trainer.is_global_zero:
             if pl_module.adapter.facts:
                 write_json(tmp / VARIANT_FILE, pl_module.adapter.facts)
             write_json(  # last: its presence marks the checkpoint complete
@@ -299,6 +322,7 @@ class AdapterCheckpoint(pl.Callback):
             write_dir(self.final_dir, lambda into: [shutil.move(str(f), into / f.name) for f in tmp.iterdir()])
             tmp.rmdir()
             self.adapter_bytes = dir_bytes(self.final_dir)
+        collectives_done(trainer)
 
     def summary_fields(self) -> dict:
         """Where the adapter and checkpoints are, for summary.json."""

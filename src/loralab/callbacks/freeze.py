@@ -116,7 +116,10 @@ class Freeze(pl.Callback):
             logger.log_hyperparams(flat)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        verify_frozen(pl_module.adapter, trainer.optimizers)
+        # DeepSpeed's ZeRO optimizer holds flat partitions, not the model's parameters: only the
+        # requires_grad side can be checked there (DeepSpeed builds it from trainable ones only)
+        deepspeed = type(trainer.strategy).__name__ == "DeepSpeedStrategy"
+        verify_frozen(pl_module.adapter, None if deepspeed else trainer.optimizers)
 
     def summary_fields(self) -> dict:
         """Parameter counts for summary.json."""

@@ -315,9 +315,13 @@ class LoraDataModule(pl.LightningDataModule):
         validation loss would count them twice)."""
         from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
+        from loralab.distributed import sharded_strategy
+
         trainer = self.trainer
         sampler = None
-        if trainer is not None and trainer.world_size > 1:
+        # sharded strategies run collectives in every forward: every rank needs as many batches,
+        # so Lightning's padded sampler stays there (a few examples count twice in val/loss)
+        if trainer is not None and trainer.world_size > 1 and not sharded_strategy(trainer):
             sampler = UnrepeatedDistributedSampler(
                 self.val_set, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
             )
