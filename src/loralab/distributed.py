@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
 from loralab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -70,18 +72,21 @@ def is_rank_zero() -> bool:
 
 
 # ---- checks before anything loads --------------------------------------------------------
-def _strategy_target(trainer: Any) -> str:
-    """The strategy's class path or Lightning's registered name, normalised: names like
-    deepspeed_stage_3 and fsdp_cpu_offload read as DeepSpeed and FSDP."""
-    strategy = trainer.get("strategy")
+def strategy_name(trainer: Any) -> str:
+    """The configured strategy: its class name (FSDPStrategy) or Lightning's registered name
+    (deepspeed_stage_3); empty when none is set."""
+    strategy = (trainer or {}).get("strategy")
     if strategy is None:
         return ""
     name = strategy if isinstance(strategy, str) else str(strategy.get("_target_", ""))
-    if isinstance(strategy, str) and name.lower().startswith("fsdp"):
-        return f"FSDPStrategy ({name})"
-    if isinstance(strategy, str) and name.lower().startswith("deepspeed"):
-        return f"DeepSpeedStrategy ({name})"
-    return name
+    return name.rsplit(".", 1)[-1]
+
+
+def strategy_family(trainer: Any) -> str:
+    """`fsdp` or `deepspeed` for the strategies that shard (FSDPStrategy, fsdp_cpu_offload,
+    DeepSpeedStrategy, deepspeed_stage_3, ...), else empty."""
+    name = strategy_name(trainer).lower()
+    return next((family for family in ("fsdp", "deepspeed") if name.startswith(family)), "")
 
 
 def cpu_has_bf16() -> bool:
@@ -101,7 +106,7 @@ def check_trainer(cfg: Any) -> None:
     trainer = cfg.get("trainer") or {}
     accelerator = str(trainer.get("accelerator", "cpu"))
     precision = str(trainer.get("precision", "32-true"))
-    target = _strategy_target(trainer)
+    name, family = strategy_name(trainer), strategy_family(trainer)
     devices = trainer.get("devices", 1)
     num_nodes = trainer.get("num_nodes", 1) or 1
     cuda = torch.cuda.is_available()
@@ -117,10 +122,8 @@ def check_trainer(cfg: Any) -> None:
             "trainer.devices to at most that, or -1 for all"
         )
     if accelerator == "cpu":
-        if "FSDP" in target or "DeepSpeed" in target or target in ("fsdp", "deepspeed"):
-            raise ConfigError(
-                f"trainer.strategy {target.rsplit('.', 1)[-1]} runs on CUDA GPUs only: on CPU use trainer=ddp_cpu"
-            )
+        if family:
+            raise ConfigError(f"trainer.strategy {name} runs on CUDA GPUs only: on CPU use trainer=ddp_cpu")
         if precision.startswith("16") or precision == "transformer-engine":
             raise ConfigError(
                 f"trainer.precision={precision} needs a GPU (fp16 with loss scaling): on CPU use "
@@ -134,19 +137,22 @@ def check_trainer(cfg: Any) -> None:
                 "may be slower than 32-true",
                 precision,
             )
-    sharded = "FSDP" in target or "DeepSpeed" in target or target in ("fsdp", "deepspeed")
-    if sharded and (cfg.get("variant") or {}).get("name") == "delta_lora":
+    if family and (cfg.get("variant") or {}).get("name") == "delta_lora":
         raise ConfigError(
             "variant=delta_lora updates the base weights, which a sharded strategy splits between processes "
             "and the saved adapter does not carry: use trainer=ddp (or gpu) with Delta-LoRA"
         )
-    if "DeepSpeed" in target or target.startswith("deepspeed"):
+    merge_check = (cfg.get("callbacks") or {}).get("merge_check") or {}
+    if family and merge_check.get("rebuild") == "never":
+        raise ConfigError(
+            f"callbacks.merge_check.rebuild=never, but under {name} no process holds the trained model whole: "
+            "set callbacks.merge_check.rebuild=auto"
+        )
+    if family == "deepspeed":
         try:
             import deepspeed  # noqa: F401
         except ImportError as exc:
-            raise ConfigError(
-                f"trainer.strategy {target.rsplit('.', 1)[-1]} needs the deepspeed package: pip install deepspeed"
-            ) from exc
+            raise ConfigError(f"trainer.strategy {name} needs the deepspeed package: pip install deepspeed") from exc
     if not isinstance(num_nodes, int) or num_nodes < 1:
         raise ConfigError(f"trainer.num_nodes must be an integer >= 1, got {num_nodes!r}")
     if num_nodes > 1 and not _cluster_launch():
@@ -217,8 +223,6 @@ def adopt_launcher(trainer: Any, config_file: Path, run_dir: Path, cfg: Any = No
     the saved config in each worker. No-op for one process or when processes are started from
     outside (torchrun, srun). On other nodes than node 0 (no shared disk assumed) the launching
     process writes its own copy of the resolved config for its workers."""
-    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
-
     strategy = trainer.strategy
     launcher = getattr(strategy, "_launcher", None)
     if type(launcher) is not _SubprocessScriptLauncher:
@@ -235,86 +239,84 @@ def adopt_launcher(trainer: Any, config_file: Path, run_dir: Path, cfg: Any = No
     )
 
 
-def _job_launcher_class() -> type:
-    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+class JobLauncher(_SubprocessScriptLauncher):
+    """Lightning's subprocess launcher, but its workers run the saved config (`loralab.worker`)
+    and it undoes what it set in this process when the run ends (`finish`)."""
 
-    class _JobLauncher(_SubprocessScriptLauncher):
-        def __init__(self, env: Any, num_processes: int, num_nodes: int, config_file: Path, run_dir: Path) -> None:
-            super().__init__(env, num_processes, num_nodes)
-            self.config_file = Path(config_file)
-            self.run_dir = Path(run_dir)
-            self.saved_env = {k: os.environ.get(k) for k in LAUNCH_VARIABLES}
-            self.threads = None
-            self.watcher: _Watcher | None = None
+    def __init__(self, env: Any, num_processes: int, num_nodes: int, config_file: Path, run_dir: Path) -> None:
+        super().__init__(env, num_processes, num_nodes)
+        self.config_file = Path(config_file)
+        self.run_dir = Path(run_dir)
+        self.saved_env = {k: os.environ.get(k) for k in LAUNCH_VARIABLES}
+        self.threads = None
+        self.watcher: _Watcher | None = None
 
-        def launch(self, function: Any, *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
-            # the workers run the whole job (validate, then fit): started at the first entry point
-            if not self.procs:
-                self.cluster_environment.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)
-                if not self.cluster_environment.creates_processes_externally:
-                    self._start_workers()
-                # the processes share the cores: torch's threads are split between them
-                if self.saved_env["OMP_NUM_THREADS"] is None and self.threads is None:
-                    import torch
-
-                    self.threads = torch.get_num_threads()
-                    torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.num_processes))
-            return function(*args, **kwargs)
-
-        def finish(self, failed: bool) -> None:
-            """After the job: wait for the workers (kill them when rank 0 failed: they would wait
-            for it), restore this process's environment and threads."""
-            if self.watcher is not None:
-                self.watcher.stopped = True
-            for proc in self.procs:
-                try:
-                    proc.wait(timeout=5 if failed else 300)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            self.procs = []
-            for key, value in self.saved_env.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-            if self.threads is not None:
+    def launch(self, function: Any, *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
+        # the workers run the whole job (validate, then fit): started at the first entry point
+        if not self.procs:
+            self.cluster_environment.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)
+            if not self.cluster_environment.creates_processes_externally:
+                self._start_workers()
+            # the processes share the cores: torch's threads are split between them
+            if self.saved_env["OMP_NUM_THREADS"] is None and self.threads is None:
                 import torch
 
-                torch.set_num_threads(self.threads)
+                self.threads = torch.get_num_threads()
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.num_processes))
+        return function(*args, **kwargs)
 
-        def _start_workers(self) -> None:
-            env = self.cluster_environment
-            os.environ["MASTER_ADDR"] = env.main_address
-            os.environ["MASTER_PORT"] = str(env.main_port)
-            logs = self.run_dir / "ranks"
-            logs.mkdir(parents=True, exist_ok=True)
-            ranks = []
-            for local_rank in range(1, self.num_processes):
-                rank = env.node_rank() * self.num_processes + local_rank
-                worker_env = {
-                    **os.environ,
-                    "NODE_RANK": str(env.node_rank()),
-                    "LOCAL_RANK": str(local_rank),
-                    "RANK": str(rank),
-                    "WORLD_SIZE": str(self.num_processes * self.num_nodes),
-                    "LORALAB_WORKER": "1",
-                }
-                for key in ("SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "JSM_NAMESPACE_RANK"):
-                    worker_env.pop(key, None)  # the worker's rank is RANK, not its parent's task id
-                out = open(logs / f"rank{rank}.log", "ab")  # noqa: SIM115
-                command = [sys.executable, "-m", "loralab.worker", str(self.config_file)]
-                self.procs.append(
-                    subprocess.Popen(
-                        command, env=worker_env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
-                    )
+    def finish(self, failed: bool) -> None:
+        """After the job: wait for the workers (kill them when rank 0 failed: they would wait
+        for it), restore this process's environment and threads."""
+        if self.watcher is not None:
+            self.watcher.stopped = True
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5 if failed else 300)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs = []
+        for key, value in self.saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if self.threads is not None:
+            import torch
+
+            torch.set_num_threads(self.threads)
+
+    def _start_workers(self) -> None:
+        env = self.cluster_environment
+        os.environ["MASTER_ADDR"] = env.main_address
+        os.environ["MASTER_PORT"] = str(env.main_port)
+        logs = self.run_dir / "ranks"
+        logs.mkdir(parents=True, exist_ok=True)
+        ranks = []
+        for local_rank in range(1, self.num_processes):
+            rank = env.node_rank() * self.num_processes + local_rank
+            worker_env = {
+                **os.environ,
+                "NODE_RANK": str(env.node_rank()),
+                "LOCAL_RANK": str(local_rank),
+                "RANK": str(rank),
+                "WORLD_SIZE": str(self.num_processes * self.num_nodes),
+                "LORALAB_WORKER": "1",
+            }
+            for key in ("SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "JSM_NAMESPACE_RANK"):
+                worker_env.pop(key, None)  # the worker's rank is RANK, not its parent's task id
+            out = open(logs / f"rank{rank}.log", "ab")  # noqa: SIM115
+            command = [sys.executable, "-m", "loralab.worker", str(self.config_file)]
+            self.procs.append(
+                subprocess.Popen(
+                    command, env=worker_env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
                 )
-                out.close()
-                ranks.append(rank)
-            self.watcher = _Watcher(self.procs, ranks, self.run_dir)
-            self.watcher.start()
-
-    return _JobLauncher
+            )
+            out.close()
+            ranks.append(rank)
+        self.watcher = _Watcher(self.procs, ranks, self.run_dir)
+        self.watcher.start()
 
 
 def _die_with_parent() -> None:
@@ -371,10 +373,6 @@ class _Watcher(threading.Thread):
                 return
             time.sleep(1)
         os.kill(self.main_pid, signal.SIGKILL)
-
-
-def JobLauncher(*args: Any) -> Any:  # noqa: N802 (a class made on first use: Lightning imports late)
-    return _job_launcher_class()(*args)
 
 
 def collectives_done(trainer: Any) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from loralab.config.schemas import QuantizationConfig
+from loralab.distributed import strategy_family, strategy_name
 from loralab.errors import ConfigError, MergeCheckError
 
 # trainer accelerators that put the model on a CUDA device (auto picks one when it exists)
@@ -26,8 +27,6 @@ def check_available(trainer: Any) -> None:
     shards parameters (FSDP, DeepSpeed), or bitsandbytes not installed."""
     trainer = trainer or {}
     accelerator = trainer.get("accelerator")
-    strategy = trainer.get("strategy")
-    strategy = str(strategy.get("_target_", "")) if hasattr(strategy, "get") else str(strategy or "")
     if not torch.cuda.is_available():
         raise ConfigError(
             "model.quantization needs a CUDA GPU (bitsandbytes k-bit bases): this machine has none; "
@@ -37,10 +36,10 @@ def check_available(trainer: Any) -> None:
         raise ConfigError(
             f"model.quantization puts the base on the GPU, but trainer.accelerator={accelerator}: use trainer=gpu"
         )
-    if "fsdp" in strategy.lower() or "deepspeed" in strategy.lower():
+    if strategy_family(trainer):
         raise ConfigError(
             f"model.quantization does not shard: bitsandbytes k-bit weights do not fit trainer.strategy "
-            f"{strategy.rsplit('.', 1)[-1]}: use trainer=gpu or trainer=ddp"
+            f"{strategy_name(trainer)}: use trainer=gpu or trainer=ddp"
         )
     try:
         import bitsandbytes  # noqa: F401
