@@ -47,8 +47,8 @@ format: $(STAMP)  ## apply ruff formatting
 	$(BIN)/ruff format src tests
 	$(BIN)/ruff check --fix src tests
 
-bench: $(STAMP)  ## benchmarks: memory per variant at the same r and batch (ratios against LoRA)
-	$(BIN)/python -m loralab.benchmarks.variant_memory $(ARGS)
+bench: $(STAMP)  ## benchmarks against a peft loop, the HF Trainer and more; writes BENCHMARKS.md (~35 min)
+	$(BIN)/python -m loralab.benchmarks $(ARGS)
 
 clean:  ## remove run outputs and caches (not the venv, not the model cache)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

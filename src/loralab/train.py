@@ -25,6 +25,9 @@ CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Run one experiment; return (summary, objects)."""
+    # 1. config checks, before anything loads: a bad config is refused without importing torch
+    typed = validate(cfg)
+
     import lightning.pytorch as pl
     import torch
     from hydra.utils import instantiate
@@ -32,8 +35,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     from loralab.callbacks import find_checkpoint
     from loralab.data.datamodule import LoraDataModule
-    from loralab.distributed import adopt_launcher, end_distributed, env_rank, is_rank_zero
+    from loralab.distributed import end_distributed, env_rank, is_rank_zero
     from loralab.io import set_aside
+    from loralab.launcher import adopt_launcher
     from loralab.module import LoraModule
     from loralab.reporting.run_meta import RESOLVED_CONFIG, flat_config, write_run_meta
     from loralab.reporting.summary import reset_peak_memory
@@ -46,7 +50,6 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
 
-    typed = validate(cfg)  # 1. config checks: before anything loads
     reset_peak_memory()
     run_dir = Path(cfg.paths.run_dir)
     # several processes (trainer=ddp_cpu, ddp, fsdp, ...): run-level files are rank 0's alone

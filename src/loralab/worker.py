@@ -1,7 +1,7 @@
 """A worker process of a multi-process run: `python -m loralab.worker <run_dir>/config.yaml`.
 
 Rank 0 (the `loralab-train` process) saves the resolved config and starts one worker per other
-local rank (loralab.distributed). A worker trains that config, in the same run directory, and
+local rank (loralab.launcher). A worker trains that config, in the same run directory, and
 writes nothing there itself: run-level files are rank 0's.
 """
 

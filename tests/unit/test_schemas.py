@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from hydra.errors import ConfigCompositionException
 
@@ -54,3 +58,34 @@ def test_good_config_normalises_targets(make_cfg):
     assert typed.variant.target_modules == ["q_proj", "v_proj"]
     assert typed.variant.modules_to_save == ["lm_head"]
     assert typed.variant.scaling == pytest.approx(16 / 8)
+
+
+# what a bad config must be refused without: importing these takes seconds
+HEAVY_MODULES = ("torch", "lightning", "peft", "transformers", "datasets", "safetensors")
+REFUSE_IN_FRESH_PROCESS = f"""
+import sys
+from pathlib import Path
+from loralab.errors import ConfigError
+from loralab.train import train
+from tests.conftest import compose_config
+
+try:
+    train(compose_config(["variant.r=0"], Path(sys.argv[1])))
+except ConfigError as exc:
+    print("refused:", exc)
+print("imported:", sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))
+"""
+
+
+def test_bad_config_is_refused_before_torch_loads(tmp_path):
+    # a fresh interpreter: this test process has torch loaded already
+    proc = subprocess.run(
+        [sys.executable, "-c", REFUSE_IN_FRESH_PROCESS, str(tmp_path / "run")],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "refused: variant.r must be an integer >= 1" in proc.stdout
+    assert "imported: []" in proc.stdout

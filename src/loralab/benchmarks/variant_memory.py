@@ -145,17 +145,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"{case}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
             continue
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    base = next((r for r in rows if r["case"] == "lora"), rows[0] if rows else None)
-    print(f"r={args.r}, batch {rows[0]['batch_shape'] if rows else '-'}, overrides {args.overrides or 'none'}")
-    print("| variant | trainable | saved activations (MB) | vs lora | peak RSS over baseline (MB) | vs lora | s/step |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['case']} | {r['trainable_params']:,} | {r['saved_activation_mb']:.1f} | "
-            f"{r['saved_activation_mb'] / base['saved_activation_mb']:.3f} | {r['peak_rss_over_baseline_mb']:.1f} | "
-            f"{r['peak_rss_over_baseline_mb'] / base['peak_rss_over_baseline_mb']:.3f} | {r['seconds_per_step']:.2f} |"
-        )
+    print(format_rows(rows, args.r, args.overrides))
     return rows
+
+
+def format_rows(rows: list[dict], r: int, overrides: list[str]) -> str:
+    """The memory table as markdown, with ratios against LoRA."""
+    base = next((row for row in rows if row["case"] == "lora"), rows[0] if rows else None)
+    lines = [
+        f"r={r}, batch {rows[0]['batch_shape'] if rows else '-'}, overrides {overrides or 'none'}",
+        "",
+        "| variant | trainable | saved activations (MB) | vs lora | peak RSS over baseline (MB) | vs lora | s/step |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        saved, peak = row["saved_activation_mb"], row["peak_rss_over_baseline_mb"]
+        lines.append(
+            f"| {row['case']} | {row['trainable_params']:,} | {saved:.1f} | "
+            f"{saved / base['saved_activation_mb']:.3f} | {peak:.1f} | "
+            f"{peak / base['peak_rss_over_baseline_mb']:.3f} | {row['seconds_per_step']:.2f} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -122,6 +122,9 @@ class DataConfig:
     label_column: str = "label"
     labels: Optional[List[str]] = None
     num_workers: int = 0
+    # batch examples of similar length (less padding, faster steps); changes which examples share
+    # a batch, so it is a switch of its own and off by default
+    group_by_length: bool = False
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -225,22 +228,11 @@ def _build(schema: type, node: DictConfig, group: str) -> Any:
     return schema(**data)
 
 
-def _quantization(cfg: DictConfig) -> Optional[QuantizationConfig]:
-    """The requested k-bit base, refused where bitsandbytes cannot run it (no CUDA, a CPU trainer,
-    bitsandbytes missing): a second here rather than a failed load."""
-    node = (cfg.get("model") or {}).get("quantization")
-    if node is None:
-        return None
-    quantization = _build(QuantizationConfig, node, "model.quantization")
-    from loralab.models.quantized import check_available
-
-    check_available(cfg.get("trainer"))
-    return quantization
-
-
 def validate(cfg: DictConfig) -> ValidatedConfig:
     """Check the variant, data and quantization settings; raise ConfigError with a one-line fix
-    on bad values."""
+    on bad values. Checks of the config alone come first and import no torch, so that a bad value
+    is refused at once; those that ask the machine (CUDA, bitsandbytes, deepspeed) come last."""
+    from loralab.distributed import check_trainer
     from loralab.variants import get_variant
 
     missing = OmegaConf.missing_keys(cfg)
@@ -250,7 +242,8 @@ def validate(cfg: DictConfig) -> ValidatedConfig:
     spec = get_variant(cfg.variant.get("name"))
     variant = _build(spec.schema, cfg.variant, "variant")
     data = _build(DataConfig, cfg.data, "data")
-    quantization = _quantization(cfg)
+    node = (cfg.get("model") or {}).get("quantization")
+    quantization = None if node is None else _build(QuantizationConfig, node, "model.quantization")
     seed = cfg.get("seed")
     if not isinstance(seed, int):
         raise ConfigError(f"seed must be an integer, got {seed!r}")
@@ -264,7 +257,11 @@ def validate(cfg: DictConfig) -> ValidatedConfig:
         )
     if spec.check is not None:
         spec.check(variant, cfg)
-    from loralab.distributed import check_trainer
+    if quantization is not None:
+        # a k-bit base refused where bitsandbytes cannot run it (no CUDA, a CPU trainer, bitsandbytes
+        # missing): a second here rather than a failed load
+        from loralab.models.quantized import check_available
 
+        check_available(cfg.get("trainer"))
     check_trainer(cfg)
     return ValidatedConfig(variant=variant, data=data, quantization=quantization)

@@ -53,16 +53,40 @@ class ResumableRandomSampler(DistributedSampler):
 
     With several processes, rank r takes every `num_replicas`-th index of the same permutation
     (padded by its first indices to a multiple): one process with a batch of n·b sees what n
-    processes with b each see together. A DistributedSampler, so Lightning does not wrap it."""
+    processes with b each see together. A DistributedSampler, so Lightning does not wrap it.
 
-    def __init__(self, size: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+    Given `lengths`, the permutation is cut into mega-batches of `MEGABATCH` global batches and
+    each is sorted by length (longest first), so that a batch holds examples of similar length and
+    pads little; batches still come in random order of mega-batch."""
+
+    MEGABATCH = 50
+
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        lengths: list[int] | None = None,
+        batch_size: int = 1,
+    ) -> None:
         super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=False)
         self.size = size
         self.seed = seed
         self.skip = 0
+        self.lengths = lengths
+        self.batch_size = batch_size
 
     def __iter__(self):
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        if self.lengths is not None:
+            chunk = self.MEGABATCH * self.batch_size * self.num_replicas
+            order = torch.cat(
+                [
+                    mega[torch.argsort(torch.tensor([-self.lengths[i] for i in mega.tolist()]), stable=True)]
+                    for mega in order.split(chunk)
+                ]
+            )
         if self.num_replicas > 1:
             order = torch.cat([order, order[: self.total_size - self.size]])[self.rank :: self.num_replicas]
         skip, self.skip = self.skip, 0
@@ -294,7 +318,10 @@ class LoraDataModule(pl.LightningDataModule):
         where the checkpointed run was in its epoch."""
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = ResumableRandomSampler(len(self.train_set), self.cfg.seed, world, rank)
+        lengths = list(self.train_set["length"]) if self.cfg.group_by_length else None
+        sampler = ResumableRandomSampler(
+            len(self.train_set), self.cfg.seed, world, rank, lengths, self.cfg.train_batch_size
+        )
         if trainer is not None:
             sampler.set_epoch(trainer.current_epoch)
             done = trainer.fit_loop.epoch_loop.batch_progress.current.completed

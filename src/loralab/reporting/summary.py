@@ -1,12 +1,11 @@
-"""Writing summary.json and printing it as a table."""
+"""Writing summary.json and printing it as a table. A config refused before anything loads gets
+its failed summary from here too: torch is imported only where CUDA's peak memory is asked."""
 
 from __future__ import annotations
 
 import resource
 import sys
 from pathlib import Path
-
-import torch
 
 from loralab.io import write_json
 
@@ -27,6 +26,8 @@ def reset_peak_memory() -> None:
     """Start a run's peak-memory count afresh: a sweep's jobs share one process under the basic
     launcher, and the process-wide high-water mark would carry from one job to the next.
     (Linux: VmHWM reset through /proc/self/clear_refs; CUDA: torch's peak statistics.)"""
+    import torch
+
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
@@ -38,6 +39,8 @@ def reset_peak_memory() -> None:
 def peak_memory() -> dict:
     """Peak resident memory since the run started (Linux; elsewhere the process's), and peak GPU
     memory where CUDA is used."""
+    import torch
+
     hwm_kb = _vm_hwm_kb()
     rss_kb = hwm_kb if hwm_kb is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out = {"peak_rss_mb": rss_kb / 1024 if sys.platform != "darwin" else rss_kb / 2**20}

@@ -6,31 +6,44 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-from peft import LoraConfig, TaskType, get_peft_model
-from peft.tuners.lora import LoraLayer
+from typing import TYPE_CHECKING, Any
 
 from loralab.config.schemas import LoraVariantConfig
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
 from loralab.variants.targets import check_targets, trains
 
+if TYPE_CHECKING:  # torch and peft load with the model, after the config checks
+    import torch
+    from peft import LoraConfig, TaskType
+    from peft.tuners.lora import LoraLayer
+
 # loralab trains one adapter per run, under peft's default name
 ADAPTER = "default"
-PEFT_TASKS = {"causal_lm": TaskType.CAUSAL_LM, "seq_cls": TaskType.SEQ_CLS}
+# peft's TaskType members by name: peft is imported only when an adapter is built
+PEFT_TASKS = {"causal_lm": "CAUSAL_LM", "seq_cls": "SEQ_CLS"}
 _ADAPTER_PARAM = re.compile(
     r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)\.|\.modules_to_save\."
 )
 
 
+def peft_task(task: str) -> TaskType:
+    """peft's task type for a loralab task (causal_lm, seq_cls)."""
+    from peft import TaskType
+
+    return TaskType[PEFT_TASKS[task]]
+
+
 def lora_layers(model: torch.nn.Module) -> dict[str, LoraLayer]:
     """The peft LoRA layers of `model` by full module name, in model order."""
+    from peft.tuners.lora import LoraLayer
+
     return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer) and ADAPTER in m.lora_A}
 
 
 def lora_config(cfg: LoraVariantConfig, task: str, **overrides: Any) -> LoraConfig:
     """peft's LoraConfig for our schema (variants built on LoRA pass their own flags)."""
+    from peft import LoraConfig
+
     kwargs: dict[str, Any] = {
         "r": cfg.r,
         "lora_alpha": cfg.alpha,
@@ -39,7 +52,7 @@ def lora_config(cfg: LoraVariantConfig, task: str, **overrides: Any) -> LoraConf
         "bias": cfg.bias,
         "modules_to_save": cfg.modules_to_save,
         "init_lora_weights": cfg.init_lora_weights,
-        "task_type": PEFT_TASKS[task],
+        "task_type": peft_task(task),
     }
     return LoraConfig(**{**kwargs, **overrides})
 
@@ -48,6 +61,8 @@ def build_lora(
     model: torch.nn.Module, cfg: LoraVariantConfig, task: str, spec: VariantSpec, **flags: Any
 ) -> AdapterInfo:
     """Check the targets, then wrap the model with a peft LoRA adapter built with `flags`."""
+    from peft import get_peft_model
+
     targets, saves = check_targets(model, cfg)
     peft_model = get_peft_model(model, lora_config(cfg, task, **flags))
     return AdapterInfo(peft_model, spec, cfg, task, targets, saves)

@@ -20,16 +20,17 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from peft import get_peft_model
-from peft.tuners.lora import LoraLayer
+from typing import TYPE_CHECKING
 
 from loralab.config.schemas import LoraVariantConfig
 from loralab.errors import ConfigError
 from loralab.variants.lora import ADAPTER, is_trainable, lora_config, lora_layers
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
 from loralab.variants.targets import check_targets, layer_of
+
+if TYPE_CHECKING:  # torch and peft load with the model, after the config checks
+    import torch
+    from peft.tuners.lora import LoraLayer
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class LoraDropConfig(LoraVariantConfig):
 # ---- the procedure, step by step ------------------------------------------------------------------
 def sample_indices(size: int, fraction: float, seed: int, labels: list[int] | None = None) -> list[int]:
     """A seeded sample of `fraction` of the examples; stratified (per label) when labels are given."""
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     if labels is None:
         n = max(1, round(fraction * size))
@@ -81,6 +84,8 @@ def sample_indices(size: int, fraction: float, seed: int, labels: list[int] | No
 
 def train_stage1(model: torch.nn.Module, batches: Iterable[dict], steps: int, lr: float) -> list[float]:
     """A short plain-LoRA training (AdamW) over `batches`, cycled; returns the losses."""
+    import torch
+
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
     model.train()
@@ -97,9 +102,10 @@ def train_stage1(model: torch.nn.Module, batches: Iterable[dict], steps: int, lr
     return losses
 
 
-@torch.no_grad()
 def module_importance(model: torch.nn.Module, batches: Iterable[dict]) -> dict[str, float]:
     """g_i = Σ ‖s·B_i·A_i·x_i‖² over every non-padding position of every batch, per LoRA layer."""
+    import torch
+
     layers = lora_layers(model)
     totals = dict.fromkeys(layers, 0.0)
     mask: list[torch.Tensor] = []
@@ -120,10 +126,11 @@ def module_importance(model: torch.nn.Module, batches: Iterable[dict]) -> dict[s
     model.eval()
     try:
         device = next(model.parameters()).device
-        for batch in batches:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            mask[:] = [batch["attention_mask"].to(torch.float32)]
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        with torch.no_grad():
+            for batch in batches:
+                batch = {k: v.to(device) for k, v in batch.items()}
+                mask[:] = [batch["attention_mask"].to(torch.float32)]
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     finally:
         for h in handles:
             h.remove()
@@ -272,6 +279,9 @@ def _stage1(peft_model: torch.nn.Module, cfg: LoraDropConfig, context: BuildCont
 
 def build(model: torch.nn.Module, cfg: LoraDropConfig, task: str, context: BuildContext | None = None) -> AdapterInfo:
     """Run stages 1-3 (or read their result back when resuming), then build the stage-2 adapter."""
+    import torch
+    from peft import get_peft_model
+
     context = context or BuildContext()
     targets, saves = check_targets(model, cfg)
     saved = context.resume_dir / "variant.json" if context.resume_dir is not None else None

@@ -4,13 +4,15 @@ with `optimizer=lorafa` peft's LoRA-FA optimizer projects B's gradient through (
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from loralab.config.schemas import LoraVariantConfig
 from loralab.variants.lora import build_lora
 from loralab.variants.lora import is_trainable as lora_trainable
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
+
+if TYPE_CHECKING:  # torch loads with the model, after the config checks
+    import torch
 
 
 @dataclass

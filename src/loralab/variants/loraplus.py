@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from loralab.config.schemas import LoraVariantConfig
 from loralab.errors import ConfigError
 from loralab.variants.lora import build_lora, is_trainable
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
+
+if TYPE_CHECKING:  # torch loads with the model, after the config checks
+    import torch
 
 # the order of peft's parameter groups
 GROUP_NAMES = ("lora_A", "embedding", "lora_B", "lora_B_no_decay")

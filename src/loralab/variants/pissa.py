@@ -7,15 +7,16 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
-
-import torch
+from typing import TYPE_CHECKING, Any, Optional
 
 from loralab.config.schemas import LoraVariantConfig
 from loralab.errors import ConfigError
 from loralab.io import write_dir
 from loralab.variants.lora import build_lora, is_trainable
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
+
+if TYPE_CHECKING:  # torch loads with the model, after the config checks
+    import torch
 
 INIT_DIR = "pissa_init"
 
@@ -52,6 +53,8 @@ def check(cfg: PissaConfig, full: Any) -> None:
 
 def build(model: torch.nn.Module, cfg: PissaConfig, task: str, context: BuildContext | None = None) -> AdapterInfo:
     """SVD-initialised LoRA; the initial adapter is kept (run_dir/pissa_init) for the conversion."""
+    import torch
+
     info = build_lora(model, cfg, task, SPEC, init_lora_weights=cfg.init)
     run_dir = context.run_dir if context is not None and context.run_dir is not None else None
     init_dir = (run_dir if run_dir is not None else Path(tempfile.mkdtemp(prefix="loralab-"))) / INIT_DIR

@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from loralab.errors import ConfigError
+
+if TYPE_CHECKING:  # torch loads with the model, after the config checks that use this module
+    import torch
 
 
 @dataclass

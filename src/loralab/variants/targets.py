@@ -4,16 +4,18 @@ a regex (full match on the module's full name) or `all-linear` (every linear lay
 from __future__ import annotations
 
 import re
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from loralab.errors import FreezeError
+
+if TYPE_CHECKING:  # imported by the config checks, before torch loads
+    from torch import nn
 
 OUTPUT_HEADS = ("lm_head", "score", "classifier")
 
 
 def _linear_names(model: nn.Module) -> list[str]:
+    from torch import nn
     from transformers.pytorch_utils import Conv1D
 
     out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -32,7 +34,7 @@ def _suffix_match(names: list[str], key: str) -> list[str]:
     return [n for n in names if n == key or n.endswith("." + key)]
 
 
-def match_targets(model: torch.nn.Module, targets: str | list[str]) -> dict[str, list[str]]:
+def match_targets(model: nn.Module, targets: str | list[str]) -> dict[str, list[str]]:
     """Pattern -> the module names it selects, in model order."""
     names = [n for n, _ in model.named_modules() if n]
     if targets == "all-linear":
@@ -43,7 +45,7 @@ def match_targets(model: torch.nn.Module, targets: str | list[str]) -> dict[str,
     return {t: _suffix_match(names, t) for t in targets}
 
 
-def match_modules_to_save(model: torch.nn.Module, entries: list[str] | None) -> dict[str, list[str]]:
+def match_modules_to_save(model: nn.Module, entries: list[str] | None) -> dict[str, list[str]]:
     """modules_to_save entry -> module names (peft ignores entries that match nothing; we do not)."""
     names = [n for n, _ in model.named_modules() if n]
     return {e: _suffix_match(names, e) for e in entries or []}
@@ -64,7 +66,7 @@ def check_matches(target_matches: dict, save_matches: dict) -> None:
             )
 
 
-def check_targets(model: torch.nn.Module, cfg: object) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+def check_targets(model: nn.Module, cfg: object) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """Match `cfg.target_modules` and `cfg.modules_to_save` in `model`; fail on a pattern that
     selects nothing. Returns (target matches, modules_to_save matches)."""
     targets = match_targets(model, cfg.target_modules)

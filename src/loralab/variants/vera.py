@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-from peft import PeftModel, VeraConfig, get_peft_model
-from torch import nn
+from typing import TYPE_CHECKING
 
 from loralab.config.schemas import AdapterVariantConfig
 from loralab.errors import ConfigError
-from loralab.variants.lora import PEFT_TASKS
+from loralab.variants.lora import peft_task
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
 from loralab.variants.targets import check_targets, trains
+
+if TYPE_CHECKING:  # torch and peft load with the model, after the config checks
+    from peft import VeraConfig
+    from torch import nn
 
 _TRAINABLE = re.compile(r"\.vera_lambda_(b|d)\.|\.modules_to_save\.")
 
@@ -49,6 +51,7 @@ class VeraVariantConfig(AdapterVariantConfig):
 
 def check_linear_targets(model: nn.Module, cfg: VeraVariantConfig) -> None:
     """VeRA adapts linear layers only: refuse any other matched module with its name and type."""
+    from torch import nn
     from transformers.pytorch_utils import Conv1D
 
     targets, _ = check_targets(model, cfg)
@@ -65,6 +68,8 @@ def check_linear_targets(model: nn.Module, cfg: VeraVariantConfig) -> None:
 def check_existing_adapters(model: nn.Module, cfg: VeraVariantConfig) -> None:
     """A model that already carries a VeRA adapter shares its projections: a different r would pass
     peft's checks and crash in forward, so it is refused here."""
+    from peft import PeftModel, VeraConfig
+
     if not isinstance(model, PeftModel):
         return
     for name, config in model.peft_config.items():
@@ -78,6 +83,8 @@ def check_existing_adapters(model: nn.Module, cfg: VeraVariantConfig) -> None:
 
 def vera_config(cfg: VeraVariantConfig, task: str) -> VeraConfig:
     """peft's VeraConfig for our schema."""
+    from peft import VeraConfig
+
     bias = "vera_only" if cfg.bias == "lora_only" else cfg.bias
     return VeraConfig(
         r=cfg.r,
@@ -88,12 +95,14 @@ def vera_config(cfg: VeraVariantConfig, task: str) -> VeraConfig:
         d_initial=cfg.d_initial,
         bias=bias,
         modules_to_save=cfg.modules_to_save,
-        task_type=PEFT_TASKS[task],
+        task_type=peft_task(task),
     )
 
 
 def build(model: nn.Module, cfg: VeraVariantConfig, task: str, context: BuildContext | None = None) -> AdapterInfo:
     """Check that every target is linear, then wrap the model with peft's VeRA."""
+    from peft import get_peft_model
+
     check_existing_adapters(model, cfg)
     targets, saves = check_targets(model, cfg)
     check_linear_targets(model, cfg)

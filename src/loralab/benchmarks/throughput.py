@@ -1,0 +1,377 @@
+"""Training throughput: loralab against a hand-written PyTorch + peft loop and transformers'
+Trainer + peft, on the same model, data order, batches, padding, steps and precision; and how
+close each comes to this machine's measured matrix-product peak (model FLOPs utilisation).
+
+Each run is a process of its own; the three are interleaved, each repeat starting one further
+along (loralab, loop, Trainer; loop, Trainer, loralab; ...) so that a noisy neighbour slows all of
+them alike, and the medians are compared. Throughput is
+real (unpadded) tokens over the time from the start of step `warmup` to the start of step
+`warmup + steps`: everything between two steps (logging, callbacks, the data loader) counts.
+
+python -m loralab.benchmarks.throughput                     # default model and task
+python -m loralab.benchmarks.throughput model=tiny data=word_sort --steps 5 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from loralab.benchmarks.common import compose, emit, median, run_child
+
+IMPLEMENTATIONS = ("loralab", "loop", "trainer")
+# loralab's own speed switches, measured beside the default (they change which examples share a
+# batch, so they are not compared batch for batch with the baselines)
+SWITCHES = {"loralab data.group_by_length=true": ["data.group_by_length=true"]}
+
+
+class StepTimer:
+    """A Lightning callback (added with `+callbacks.step_timer=...`) that records when each training
+    step starts and the tokens of its batch, and writes them to `out` when training ends."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        import lightning.pytorch as pl
+
+        class _StepTimer(pl.Callback):
+            def __init__(self, out: str) -> None:
+                self.out = out
+                self.starts: list[float] = []
+                self.wall: list[float] = []
+                self.tokens: list[int] = []
+
+            def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: dict, batch_idx: int) -> None:
+                self.starts.append(time.perf_counter())
+                self.wall.append(time.time())
+                self.tokens.append(int(batch["attention_mask"].sum()))
+
+            def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+                Path(self.out).write_text(json.dumps({"starts": self.starts, "wall": self.wall, "tokens": self.tokens}))
+
+        return _StepTimer(*args, **kwargs)
+
+
+# ---- the baselines ------------------------------------------------------------------------
+def _prepared(overrides: list[str]) -> tuple[Any, Any, Any, Any, list[int]]:
+    """Config, tokenizer, tokenized train rows and model as loralab prepares them, and the order in
+    which loralab's sampler visits the rows in the first epoch."""
+    import torch
+    from hydra.utils import instantiate
+
+    from loralab.config import validate
+    from loralab.data.datamodule import LoraDataModule, ResumableRandomSampler
+
+    cfg = compose(overrides)
+    typed = validate(cfg)
+    if typed.variant.name != "lora":
+        raise SystemExit("the throughput baselines are plain peft LoRA: run with variant=lora")
+    torch.manual_seed(cfg.seed)
+    source = instantiate(cfg.model)
+    tokenizer = source.load_tokenizer()
+    tokenizer.padding_side = "right"  # as loralab pads
+    datamodule = LoraDataModule(typed.data, tokenizer, cache_dir=cfg.paths.cache_dir)
+    datamodule.setup("fit")
+    rows = datamodule.train_set.select_columns(["input_ids", "labels"])
+    order = list(iter(ResumableRandomSampler(len(rows), typed.data.seed)))
+    model = source.load_model(typed.data.task, datamodule.labels)
+    return cfg, tokenizer, rows, model, order
+
+
+def _peft_model(model: Any, variant: Any) -> Any:
+    from omegaconf import OmegaConf
+    from peft import LoraConfig, get_peft_model
+
+    targets = variant.target_modules
+    config = LoraConfig(
+        r=variant.r,
+        lora_alpha=variant.alpha,
+        lora_dropout=variant.dropout,
+        target_modules=OmegaConf.to_container(targets) if OmegaConf.is_config(targets) else targets,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def _counts(model: Any) -> dict:
+    """What the FLOP count needs: weights of the base's linear layers (every matrix product a
+    token passes through, the tied output layer included), adapter parameters, layers, width."""
+    import torch
+
+    linear = adapter = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and "lora_" not in name:
+            linear += module.weight.numel()
+    adapter = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    return {
+        "linear_params": linear,
+        "adapter_params": adapter,
+        "layers": config.num_hidden_layers,
+        "hidden": config.hidden_size,
+    }
+
+
+def run_loop(overrides: list[str], total: int, profile: bool, autocast: str | None) -> dict:
+    """The minimal hand-written loop: forward, backward, clip, AdamW, cosine schedule."""
+    import torch
+    from transformers import DataCollatorForSeq2Seq, get_cosine_schedule_with_warmup
+
+    cfg, tokenizer, rows, model, order = _prepared(overrides)
+    model = _peft_model(model, cfg.variant)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(0.1 * total), total)
+    collate = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt")
+    loader = torch.utils.data.DataLoader(rows, batch_size=cfg.data.train_batch_size, sampler=order, collate_fn=collate)
+    clip = cfg.trainer.gradient_clip_val
+    starts, wall, tokens, padded = [], [], [], []
+
+    def step(batch: dict) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast == "bf16"):
+            loss = model(**batch).loss
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    batches = iter(loader)
+    for _ in range(total):
+        starts.append(time.perf_counter())
+        wall.append(time.time())
+        batch = next(batches)
+        tokens.append(int(batch["attention_mask"].sum()))
+        padded.append(batch["attention_mask"].numel())
+        step(batch)
+    starts.append(time.perf_counter())
+    result = {
+        "starts": starts,
+        "wall": wall,
+        "tokens": tokens,
+        "padded": padded,
+        "batch_size": cfg.data.train_batch_size,
+    }
+    result.update(_counts(model))
+    if profile:
+        result["profile"] = _profile(step, [next(batches) for _ in range(2)])
+    return result
+
+
+def _profile(step: Any, batches: list[dict]) -> dict:
+    """Where a step's time goes: matrix products (mm, addmm, bmm, attention) against the rest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for batch in batches:
+            step(batch)
+    matmul = other = 0.0
+    top: list[tuple[str, float]] = []
+    for event in prof.key_averages():
+        seconds = event.self_cpu_time_total / 1e6
+        if event.key in ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu"):
+            matmul += seconds
+        else:
+            other += seconds
+        top.append((event.key, seconds))
+    top.sort(key=lambda kv: -kv[1])
+    return {
+        "steps": len(batches),
+        "matmul_s": matmul,
+        "other_s": other,
+        "top": [[k, round(s / len(batches), 4)] for k, s in top[:8]],
+    }
+
+
+def run_trainer(overrides: list[str], total: int) -> dict:
+    """transformers' Trainer + peft, same order, padding, clipping, rate, logging interval."""
+    import torch
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+
+    cfg, tokenizer, rows, model, order = _prepared(overrides)
+    model = _peft_model(model, cfg.variant)
+    starts: list[float] = []
+    wall: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *args: Any, **kwargs: Any) -> None:
+            starts.append(time.perf_counter())
+            wall.append(time.time())
+
+        def on_train_end(self, *args: Any, **kwargs: Any) -> None:
+            starts.append(time.perf_counter())
+
+    class SameOrderTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            return order
+
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="loralab-bench-trainer-"),
+        per_device_train_batch_size=cfg.data.train_batch_size,
+        max_steps=total,
+        learning_rate=cfg.optimizer.lr,
+        weight_decay=cfg.optimizer.weight_decay,
+        warmup_steps=int(0.1 * total),
+        lr_scheduler_type="cosine",
+        max_grad_norm=cfg.trainer.gradient_clip_val or 0.0,
+        logging_steps=cfg.trainer.log_every_n_steps,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        seed=cfg.seed,
+    )
+    collate = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt")
+    trainer = SameOrderTrainer(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[Timer()])
+    torch.manual_seed(cfg.seed)
+    trainer.train()
+    lengths = [len(rows[i]["input_ids"]) for i in order[: total * cfg.data.train_batch_size]]
+    b = cfg.data.train_batch_size
+    tokens = [sum(lengths[i * b : (i + 1) * b]) for i in range(total)]
+    return {"starts": starts, "wall": wall, "tokens": tokens, **_counts(model)}
+
+
+def run_loralab(overrides: list[str], total: int) -> dict:
+    """`loralab-train` itself, as users run it (default callbacks and loggers), with a step timer
+    added and validation moved past the measured steps."""
+    work = Path(tempfile.mkdtemp(prefix="loralab-bench-run-"))
+    out = work / "steps.json"
+    args = [
+        "-m",
+        "loralab.train",
+        *overrides,
+        f"trainer.max_steps={total}",
+        f"trainer.val_check_interval={total}",
+        "validate_before=false",
+        "data.generation_examples=0",
+        "callbacks.merge_check=null",
+        "+callbacks.step_timer._target_=loralab.benchmarks.throughput.StepTimer",
+        f"+callbacks.step_timer.out={out}",
+        f"hydra.run.dir={work / 'run'}",
+    ]
+    started = time.time()
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "offline"}
+    )
+    if done.returncode != 0 or not out.exists():
+        raise RuntimeError(f"loralab-train failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    result = json.loads(out.read_text())
+    result["launched"] = started
+    return result
+
+
+# ---- figures ------------------------------------------------------------------------------
+def tokens_per_second(run: dict, warmup: int, steps: int) -> float:
+    """Real tokens of steps warmup..warmup+steps-1 over the time between their starts."""
+    starts = run["starts"]
+    seconds = starts[warmup + steps] - starts[warmup]
+    return sum(run["tokens"][warmup : warmup + steps]) / seconds
+
+
+def flops_per_token(counts: dict, width: float) -> float:
+    """Model FLOPs per token of one LoRA training step with a frozen base: the forward and the
+    input gradients of every base matrix product (2 + 2 per weight), the adapter's forward and
+    both its gradients (2 + 2 + 2), and attention's two products over `width` positions (3 passes)."""
+    return (
+        4 * counts["linear_params"] + 6 * counts["adapter_params"] + 3 * 4 * counts["layers"] * width * counts["hidden"]
+    )
+
+
+def matmul_peak(dtype_name: str, sizes: tuple[int, ...] = (256, 512, 768, 1024, 2048), repeats: int = 3) -> float:
+    """This machine's matrix-product rate (FLOP/s): the best, over square sizes, of the product a
+    linear layer computes (`F.linear`, which models call; bf16 takes another kernel than `mm`)."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    best = 0.0
+    for size in sizes:
+        a = torch.randn(size, size, dtype=dtype)
+        w = torch.randn(size, size, dtype=dtype)
+        torch.nn.functional.linear(a, w)
+        seconds = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            torch.nn.functional.linear(a, w)
+            seconds = min(seconds, time.perf_counter() - started)
+        best = max(best, 2 * size**3 / seconds)
+    return best
+
+
+def measure(overrides: list[str], warmup: int, steps: int, repeats: int) -> dict:
+    """Interleaved runs of the three implementations; medians, ratios and utilisation."""
+    total = warmup + steps + 1
+    runs: dict[str, list[dict]] = {name: [] for name in (*IMPLEMENTATIONS, *SWITCHES)}
+    names = list(runs)
+    for repeat in range(repeats):
+        # each repeat starts with the next implementation, so that none always runs in the same
+        # place of the cycle (after the same neighbour, at the same point of a noisy minute)
+        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+            if name in SWITCHES:
+                run = run_loralab([*overrides, *SWITCHES[name]], total)
+            elif name == "loralab":
+                run = run_loralab(overrides, total)
+            else:
+                extra = ["--profile"] if name == "loop" and repeat == 0 else []
+                run = run_child(
+                    ["-m", "loralab.benchmarks.throughput", "--impl", name, "--total", str(total), *extra, *overrides]
+                )
+            runs[name].append(run)
+            print(f"  {name} run {repeat + 1}: {tokens_per_second(run, warmup, steps):.1f} tokens/s", file=sys.stderr)
+    reference = runs["loop"][0]["tokens"][: total - 1]
+    for name in ("loralab", "trainer"):
+        got = runs[name][0]["tokens"][: total - 1]
+        if got != reference:
+            raise RuntimeError(f"{name} trained on other batches than the loop: tokens per step {got} vs {reference}")
+    rates = {name: [tokens_per_second(r, warmup, steps) for r in rs] for name, rs in runs.items()}
+    counts = {k: runs["loop"][0][k] for k in ("linear_params", "adapter_params", "layers", "hidden")}
+    return {"runs": runs, "rates": rates, "counts": counts, "profile": runs["loop"][0].get("profile")}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Print tokens/s per implementation, loralab's ratios against both, and MFU."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model=tiny data=word_sort")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--impl", choices=["loop", "trainer"], help=argparse.SUPPRESS)
+    parser.add_argument("--total", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--autocast", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.impl == "loop":
+        emit(run_loop(args.overrides, args.total, args.profile, args.autocast))
+        return {}
+    if args.impl == "trainer":
+        emit(run_trainer(args.overrides, args.total))
+        return {}
+    result = measure(args.overrides, args.warmup, args.steps, args.repeats)
+    print(format_result(result, args.warmup, args.steps))
+    return result
+
+
+def format_result(result: dict, warmup: int, steps: int) -> str:
+    """The throughput table as markdown."""
+    rates = result["rates"]
+    med = {name: median(values) for name, values in rates.items()}
+    lines = [
+        "| implementation | tokens/s (median) | runs | loralab ÷ this |",
+        "|---|---|---|---|",
+    ]
+    for name in rates:
+        runs = ", ".join(f"{v:.1f}" for v in rates[name])
+        lines.append(f"| {name} | {med[name]:.1f} | {runs} | {med['loralab'] / med[name]:.3f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
