@@ -17,7 +17,6 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -45,13 +44,11 @@ def _status_kb(key: str) -> int:
 def measure(case: str, overrides: list[str], r: int, steps: int) -> dict:
     """Build `case` (variant[+optimizer]) on the configured model and measure training steps."""
     import torch
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
-    from omegaconf import open_dict
 
-    from loralab.config import register_schemas, validate
+    from loralab.benchmarks.common import compose
+    from loralab.config import validate
     from loralab.data.datamodule import LoraDataModule
-    from loralab.train import CONF_DIR
     from loralab.variants import get_variant
     from loralab.variants.registry import BuildContext
 
@@ -59,11 +56,7 @@ def measure(case: str, overrides: list[str], r: int, steps: int) -> dict:
     extra = [f"optimizer={optimizer}"] if optimizer else []
     if variant == "lora_drop":
         extra.append("variant.stage1_steps=2")
-    register_schemas()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"variant={variant}", f"variant.r={r}", *extra, *overrides])
-    with open_dict(cfg):  # no Hydra run here: nothing is written, but the key must resolve
-        cfg.paths.run_dir = tempfile.mkdtemp(prefix="loralab-bench-")
+    cfg = compose([f"variant={variant}", f"variant.r={r}", *extra, *overrides])
     typed = validate(cfg)
     torch.manual_seed(cfg.seed)
     source = instantiate(cfg.model)
