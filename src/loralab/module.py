@@ -18,6 +18,12 @@ from loralab.variants.registry import AdapterInfo
 log = logging.getLogger(__name__)
 
 
+# a causal LM builds a key/value cache on every forward unless told not to (its config's use_cache
+# is for generation): training and validation never read it, and it costs copies and memory
+# (transformers' Trainer turns it off too). Outputs are the same.
+NO_CACHE = {"use_cache": False}
+
+
 class LoraModule(pl.LightningModule):
     """Trains the adapter in `adapter.model`; logs train/loss, val/loss, val/ppl and
     val/exact_match (causal LM) or val/accuracy (classification)."""
@@ -61,8 +67,10 @@ class LoraModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         world = self.trainer.world_size
-        if self.classification or world == 1:
+        if self.classification:
             loss = self.model(**batch).loss
+        elif world == 1:
+            loss = self.model(**batch, **NO_CACHE).loss
         else:
             # the mean over every predicted token of the global batch, as one process computes
             # it: each rank divides its token-loss sum by (global tokens / world size), and the
@@ -71,7 +79,7 @@ class LoraModule(pl.LightningModule):
             local = torch.stack([(batch["labels"][:, 1:] != -100).sum(), batch["attention_mask"].sum()]).float()
             predicted, seen = self.trainer.strategy.reduce(local, reduce_op="sum")
             self._global_tokens = int(seen)  # throughput is counted over every process
-            loss = self.model(**batch, num_items_in_batch=(predicted / world).clamp_min(1e-6)).loss
+            loss = self.model(**batch, **NO_CACHE, num_items_in_batch=(predicted / world).clamp_min(1e-6)).loss
         self.log(
             "train/loss",
             loss,
@@ -103,7 +111,7 @@ class LoraModule(pl.LightningModule):
         self._val_sums = []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        out = self.model(**batch)
+        out = self.model(**batch) if self.classification else self.model(**batch, **NO_CACHE)
         labels = batch["labels"]
         if self.classification:
             count = torch.tensor(float(labels.numel()), device=self.device)
