@@ -31,31 +31,6 @@ IMPLEMENTATIONS = ("loralab", "loop", "trainer")
 SWITCHES = {"loralab data.group_by_length=true": ["data.group_by_length=true"]}
 
 
-class StepTimer:
-    """A Lightning callback (added with `+callbacks.step_timer=...`) that records when each training
-    step starts and the tokens of its batch, and writes them to `out` when training ends."""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        import lightning.pytorch as pl
-
-        class _StepTimer(pl.Callback):
-            def __init__(self, out: str) -> None:
-                self.out = out
-                self.starts: list[float] = []
-                self.wall: list[float] = []
-                self.tokens: list[int] = []
-
-            def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: dict, batch_idx: int) -> None:
-                self.starts.append(time.perf_counter())
-                self.wall.append(time.time())
-                self.tokens.append(int(batch["attention_mask"].sum()))
-
-            def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-                Path(self.out).write_text(json.dumps({"starts": self.starts, "wall": self.wall, "tokens": self.tokens}))
-
-        return _StepTimer(*args, **kwargs)
-
-
 # ---- the baselines ------------------------------------------------------------------------
 def _prepared(overrides: list[str]) -> tuple[Any, Any, Any, Any, list[int]]:
     """Config, tokenizer, tokenized train rows and model as loralab prepares them, and the order in
@@ -252,7 +227,7 @@ def run_loralab(overrides: list[str], total: int) -> dict:
         "validate_before=false",
         "data.generation_examples=0",
         "callbacks.merge_check=null",
-        "+callbacks.step_timer._target_=loralab.benchmarks.throughput.StepTimer",
+        "+callbacks.step_timer._target_=loralab.benchmarks.step_timer.StepTimer",
         f"+callbacks.step_timer.out={out}",
         f"hydra.run.dir={work / 'run'}",
     ]
