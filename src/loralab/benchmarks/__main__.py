@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="config overrides for throughput, bf16, memory, inference")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per throughput implementation")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved runs per throughput implementation")
     parser.add_argument("--steps", type=int, default=6, help="measured training steps per throughput run")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", help="report file (default: BENCHMARKS.md when every section runs)")
