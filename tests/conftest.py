@@ -81,3 +81,35 @@ def build_tiny_adapter(task: str = "causal_lm", labels: list[str] | None = None,
 def tiny_adapter():
     """Factory fixture for build_tiny_adapter."""
     return build_tiny_adapter
+
+
+def train_process(base: Path, name: str, *overrides: str) -> Path:
+    """`python -m loralab.train` on the tiny model into base/name, as users run it."""
+    import subprocess
+    import sys
+
+    run_dir = base / name
+    env = {**os.environ, "LORALAB_CACHE": str(base / "cache"), "WANDB_MODE": "offline"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "loralab.train", *TINY, f"hydra.run.dir={run_dir}", *overrides],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=base,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory) -> dict[str, Path]:
+    """Finished tiny runs for the rerun, compare and bad-input tests (treat them as read-only: copy
+    one before changing it)."""
+    base = tmp_path_factory.mktemp("runs")
+    return {
+        "a": train_process(base, "a", "seed=1"),
+        "b": train_process(base, "b", "seed=2", "variant.r=4"),
+        "topics": train_process(base, "topics", "data=topics"),  # classification: accuracy, not exact match
+    }

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
+
+# a full disk, a quota, a file-size limit: reported as one line, not a traceback
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def one_line_error(message: str) -> str:
@@ -24,19 +28,34 @@ def one_line_error(message: str) -> str:
 
 
 def precheck_composition(argv: list[str], conf_dir: str) -> None:
-    """Compose a single run once before Hydra does, so that an unknown option or key is reported
-    as one line. Multiruns, flags and hydra.* overrides are left to Hydra."""
+    """Compose a single run once before Hydra does, and check it, so that an unknown option or key
+    or a bad value is reported as one line and nothing is written. Multiruns, flags and hydra.*
+    overrides are left to Hydra (and validate() in train)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
     from hydra.errors import HydraException
+    from omegaconf import open_dict
     from omegaconf.errors import OmegaConfBaseException
 
     if os.environ.get("HYDRA_FULL_ERROR") == "1" or any(a.startswith("-") for a in argv):
         return
+    from loralab.config import validate
+    from loralab.errors import LoralabError
+
     overrides = [a for a in argv if not a.lstrip("+~").startswith("hydra.")]
     try:
         with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
-            compose("train", overrides=overrides)
+            # the config checks too, before Hydra makes the run directory: a refused config writes nothing
+            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+            HydraConfig.instance().set_config(cfg)  # for ${hydra:...} interpolations, as in the run
+            with open_dict(cfg):
+                del cfg["hydra"]
+            validate(cfg)
+            _check_model_location(cfg)
+    except LoralabError as exc:
+        print(f"loralab: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     except (HydraException, OmegaConfBaseException) as exc:
         cause = f"\n{exc.__cause__}" if exc.__cause__ else ""
         print(f"loralab: error: {one_line_error(str(exc) + cause)}", file=sys.stderr)
@@ -52,6 +71,21 @@ def precheck_composition(argv: list[str], conf_dir: str) -> None:
         GlobalHydra.instance().clear()
 
 
+def _check_model_location(cfg) -> None:
+    """Build the model source (it checks that a local model directory or packaged file exists;
+    no weights load), so that a wrong path is refused before Hydra makes the run directory."""
+    from hydra.utils import instantiate
+
+    from loralab.errors import LoralabError
+
+    try:
+        instantiate(cfg.model)
+    except Exception as exc:  # instantiate wraps what the source raised
+        if isinstance(exc.__cause__, LoralabError):
+            raise exc.__cause__ from None
+        raise
+
+
 def report_failure(exc: Exception) -> None:
     """A failed run: one line and exit 2 for loralab's own errors (a traceback for anything else).
     In a multirun the job's summary.json records the failure and the sweep goes on; the sweep
@@ -61,12 +95,20 @@ def report_failure(exc: Exception) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from loralab.errors import LoralabError
+    from loralab.errors import Interrupted, LoralabError
 
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise exc
     # objects built by hydra.utils.instantiate arrive wrapped in an InstantiationException
     error = exc if isinstance(exc, LoralabError) else exc.__cause__
+    if isinstance(exc, OSError) and exc.errno in FULL:
+        error = LoralabError(
+            f"writing {exc.filename or 'a file'} failed: {exc.strerror}: free space there, "
+            "then continue with resume=auto"
+        )
+    if isinstance(error, Interrupted):  # a sweep stops too: the signal was for the whole command
+        print(f"loralab: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         log = logging.getLogger("loralab")
         if isinstance(error, LoralabError):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from loralab.errors import LoralabError
+from loralab.reporting.run_meta import FORMAT_VERSION
 
 # (column, header) in table order; `metric` is the chosen metric's column
 COLUMNS = (
@@ -124,6 +125,11 @@ def load_run(run_dir: Path, label: str) -> dict[str, Any]:
             label = f"{label} (= {found.parent.name + '/' if found.parent.name == 'replaced' else ''}{found.name})"
     cfg = _config(source) or _config(run_dir)
     meta = _read_json(source / "run_meta.json") or _read_json(run_dir / "run_meta.json")
+    if (meta.get("format_version") or 0) > FORMAT_VERSION:
+        raise CompareError(
+            f"{run_dir} was written by a newer loralab (format {meta['format_version']}, this one reads "
+            f"{FORMAT_VERSION}): upgrade loralab to compare it"
+        )
     overrides = {}
     for item in meta.get("overrides") or []:
         key, sep, value = item.partition("=")

@@ -27,3 +27,16 @@ class MergeCheckError(LoralabError):
 
 class CheckpointError(LoralabError):
     """A checkpoint did not read back as it was saved, or cannot be resumed from."""
+
+
+class NonFiniteError(LoralabError):
+    """A nan or inf appeared in the loss, the gradients or the adapter's weights."""
+
+
+class Interrupted(LoralabError):
+    """The run was stopped by a signal (SIGTERM from a scheduler, Ctrl-C) after saving a
+    checkpoint. The process exits with 128 + the signal's number, as a shell reports it."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from loralab.errors import LoralabError
+from loralab.reporting.run_meta import FORMAT_VERSION
 
 log = logging.getLogger("loralab")
-FORMAT_VERSION = 1
 
 
 class RerunError(LoralabError):
@@ -113,7 +113,10 @@ def rerun_config(original: Any, run_dir: Path, new_dir: Path, overrides: list[st
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
         except Exception as exc:  # a malformed value: YAML or OmegaConf says why
-            raise RerunError(f"override {item!r}: {str(exc).splitlines()[0]}") from exc
+            raise RerunError(
+                f"override {item!r} is not a valid value ({str(exc).splitlines()[0]}): check its brackets and "
+                "quotes, e.g. 'variant.target_modules=[q_proj,v_proj]'"
+            ) from exc
     return cfg
 
 
@@ -238,6 +241,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="the new run directory (default: <run_dir parent>/reruns/<name>-<time>)")
     parser.add_argument("overrides", nargs="*", help="key=value changes to the saved config")
     args = parser.parse_intermixed_args(argv)
+    from loralab.secrets import check_command_line
+
+    refused = check_command_line(args.overrides)
+    if refused:
+        print(f"loralab-rerun: error: {refused}", file=sys.stderr)
+        sys.exit(2)
     try:
         code = rerun(args.run_dir, args.out, args.overrides, check=args.verify)
     except Exception as exc:

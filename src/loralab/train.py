@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -105,7 +104,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     try:
         if cfg.validate_before and ckpt is None:
             trainer.validate(module, datamodule=datamodule, verbose=False)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+        # the training state is read as data only: no pickled code from a checkpoint runs
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         reporter = next((cb for cb in callbacks if hasattr(cb, "collect")), None)
         summary = reporter.collect(trainer, module, "completed", None) if reporter else {"status": "completed"}
         failed = False
@@ -125,7 +125,6 @@ def run(cfg: DictConfig) -> dict:
     from loralab.reporting.summary import SUMMARY_FILE, print_summary, write_failed_summary
 
     run_dir = Path(cfg.paths.run_dir)
-    started = time.time()
     failed = True
     try:
         if _in_multirun():
@@ -140,10 +139,9 @@ def run(cfg: DictConfig) -> dict:
         summary, _ = train(cfg)
         failed = False
     except BaseException as exc:
-        summary_file = run_dir / SUMMARY_FILE
-        # the RunSummary callback writes failures during fit; earlier ones are recorded here
-        stale = not summary_file.exists() or summary_file.stat().st_mtime < started
-        if stale and is_rank_zero():
+        # the RunSummary callback writes failures during fit; earlier ones are recorded here, unless
+        # the directory holds an earlier run's summary (a resume that failed to start): that is kept
+        if not (run_dir / SUMMARY_FILE).exists() and is_rank_zero():
             write_failed_summary(run_dir, f"{type(exc).__name__}: {exc}")
         raise
     finally:
@@ -192,6 +190,12 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Console script `loralab-train`."""
+    from loralab.secrets import check_command_line
+
+    refused = check_command_line(sys.argv[1:])  # before Hydra saves the command line
+    if refused:
+        print(f"loralab: error: {refused}", file=sys.stderr)
+        sys.exit(2)
     register_schemas()
     precheck_composition(sys.argv[1:], CONF_DIR)
     _hydra_main()

@@ -5,14 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_cli_errors import BASE
+from tests.conftest import train_process
 
 
 def cli(tmp_path: Path, module: str, *args: str) -> subprocess.CompletedProcess:
@@ -24,20 +23,12 @@ def cli(tmp_path: Path, module: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def train(tmp_path: Path, name: str, *overrides: str) -> Path:
-    run_dir = tmp_path / name
-    proc = cli(tmp_path, "loralab.train", *BASE, f"hydra.run.dir={run_dir}", *overrides)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir
+    return train_process(tmp_path, name, *overrides)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("runs")
-    return {
-        "a": train(base, "a", "seed=1"),
-        "b": train(base, "b", "seed=2", "variant.r=4"),
-        "topics": train(base, "topics", "data=topics"),  # classification: accuracy, not exact match
-    }
+@pytest.fixture
+def runs(tiny_runs) -> dict[str, Path]:
+    return tiny_runs
 
 
 def test_run_dir_holds_what_a_rerun_needs(runs):
@@ -84,53 +75,6 @@ def test_rerun_verify_fails_on_a_changed_setting(runs, tmp_path):
     assert (runs["a"] / "adapter" / "adapter_model.safetensors").read_bytes() == before
 
 
-def _old_format(d: Path) -> Path:
-    (d / "run_meta.json").write_text(json.dumps({"overrides": ["variant.r=4"]}))
-    return d
-
-
-@pytest.mark.parametrize(
-    "target, args, message",
-    [
-        ("nowhere", [], "nowhere is not a directory: pass the run directory a training run wrote"),
-        ("empty", [], "empty has no run_meta.json: pass the run directory a training run wrote"),
-        (
-            "old",
-            [],
-            "was written by an older loralab (no saved resolved config): rerun it by hand with its overrides: "
-            "loralab-train variant.r=4",
-        ),
-        ("b", ["--verify", "variant.rank=3"], "override 'variant.rank=3': the saved config has no key 'variant.rank'"),
-        ("b", ["variant.r=0"], "variant.r must be an integer >= 1"),
-        ("b", ["variant=vera"], "override 'variant=vera': variant is a config section; a rerun changes values"),
-        ("b", ["variant.r=[1,"], "override 'variant.r=[1,': "),
-        ("failed", ["--verify"], "did not complete (see its summary.json): there is nothing to verify against"),
-    ],
-    ids=["missing", "not a run", "old format", "unknown key", "bad value", "group", "malformed", "failed original"],
-)
-def test_rerun_bad_input(tmp_path, runs, target, args, message):
-    if target == "b":
-        path = runs["b"]
-    elif target == "failed":
-        path = tmp_path / "failed"
-        train(tmp_path, "failed_src")
-
-        shutil.copytree(tmp_path / "failed_src", path)
-        (path / "summary.json").write_text(json.dumps({"status": "failed", "error": "x"}))
-    else:
-        path = tmp_path / target
-        if target != "nowhere":
-            path.mkdir()
-        if target == "old":
-            _old_format(path)
-    before = sorted(p.name for p in path.parent.iterdir()) if path.parent.exists() else []
-    proc = cli(tmp_path, "loralab.rerun", str(path), *args)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("loralab-rerun: error: ") and message in lines[0], lines
-    assert sorted(p.name for p in path.parent.iterdir()) == before  # no rerun directory was made
-
-
 def test_compare_runs_table_files_and_filters(runs, tmp_path):
     out = tmp_path / "report"
     proc = cli(tmp_path, "loralab.compare", str(runs["a"]), str(runs["b"]), "--out", str(out))
@@ -166,35 +110,6 @@ def test_compare_runs_table_files_and_filters(runs, tmp_path):
         "--no-plots",
     )
     assert proc.returncode == 0 and "val/loss" in next(csv.reader((out / "compare.csv").open()))
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (
-            ["a", "topics"],
-            "the runs measured different metrics (a: val/exact_match, val/loss, val/ppl; "
-            "topics: val/accuracy, val/loss",
-        ),
-        (
-            ["a", "--metric", "val/accuracy"],
-            "--metric val/accuracy was not measured by 1 run(s) (a); "
-            "measured metrics: val/exact_match, val/loss, val/ppl",
-        ),
-        (["a", "--filter", "variant=vera"], "no run is left after the filters variant=vera"),
-        (["a", "--filter", "rank=8"], "--filter 'rank=8': no run has 'rank'"),
-        (["missing"], "missing is not a directory: pass run directories or sweep directories"),
-    ],
-    ids=["different metrics", "metric not measured", "filter removes all", "unknown filter key", "missing path"],
-)
-def test_compare_bad_input(runs, tmp_path, args, message):
-    paths = [str(runs[a]) if a in runs else (str(tmp_path / a) if a == "missing" else a) for a in args]
-    out = tmp_path / "report"
-    proc = cli(tmp_path, "loralab.compare", *paths, "--out", str(out))
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("loralab-compare: error: ") and message in lines[0]
-    assert not out.exists()  # nothing written on an error
 
 
 def test_rerun_names_what_differs_from_the_original(runs, tmp_path):

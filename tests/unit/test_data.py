@@ -168,3 +168,40 @@ def test_length_grouping_pads_less_and_keeps_the_epoch(tiny_tokenizer, tmp_path)
     assert list(sampler) == order[24:]
     halves = [list(ResumableRandomSampler(len(lengths), 7, 2, rank, lengths, 4)) for rank in (0, 1)]
     assert sorted(halves[0] + halves[1]) == list(range(len(lengths)))
+
+
+def test_local_file_checks_name_the_line_and_the_fix(tmp_path):
+    from loralab.data.checks import check_local_file
+    from loralab.errors import DataError
+
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"prompt": "a", "completion": "b"}\n\n{"prompt": "c", "completion": null}\n')
+    check_local_file(good)  # blank lines and nulls are fine
+    array = tmp_path / "rows.json"
+    array.write_text('[{"text": "a", "label": "x"}, {"text": "b", "label": 2}]')
+    with pytest.raises(DataError, match=r"column 'label' is a string on example 1 but a number on example 2: write"):
+        check_local_file(array, label_column="label")
+    lines = tmp_path / "lines.json"  # JSON Lines in a .json file, as datasets reads them
+    lines.write_text('{"text": "a"}\n{"text": "b"\n')
+    with pytest.raises(DataError, match=r"lines.json line 2 is not valid JSON \(Expecting ',' delimiter at column 13"):
+        check_local_file(lines)
+    table = tmp_path / "rows.csv"
+    table.write_bytes(b"text,label\ncaf\xe9,x\n")
+    with pytest.raises(DataError, match=r"rows.csv line 2 is not UTF-8 text \(byte 0xe9 at column 4\)"):
+        check_local_file(table)
+    scalar = tmp_path / "one.json"
+    scalar.write_text('{"text": "a"}')
+    with pytest.raises(DataError, match="holds one JSON object: give a list of examples, or one per line"):
+        check_local_file(scalar)
+
+
+def test_a_tokenizer_without_a_pad_token_pads_with_eos_and_says_so(tiny_tokenizer, caplog):
+    """Not an error: padded positions are masked out of attention and loss, so eos serves. (A
+    tokenizer with neither token is refused: docs/bad-inputs.md.)"""
+    from loralab.models.sources import _finish_tokenizer
+
+    tiny_tokenizer.pad_token = None
+    assert tiny_tokenizer.pad_token is None and tiny_tokenizer.eos_token is not None
+    finished = _finish_tokenizer(tiny_tokenizer)
+    assert finished.pad_token == finished.eos_token and finished.pad_token_id == finished.eos_token_id
+    assert "the tokenizer has no pad token: padding with its eos token" in caplog.text

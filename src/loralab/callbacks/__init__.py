@@ -1,7 +1,8 @@
-"""Lightning callbacks: freezing, adapter checkpoints, merge validation, the run summary."""
+"""Lightning callbacks: freezing, adapter checkpoints, guards, merge validation, the run summary."""
 
 from loralab.callbacks.adapter_checkpoint import AdapterCheckpoint, find_checkpoint
 from loralab.callbacks.freeze import Freeze, build_manifest, verify_frozen
+from loralab.callbacks.guards import NonFiniteGuard, StopOnSignal
 from loralab.callbacks.merge_check import MergeCheck, compare_logits
 from loralab.callbacks.run_summary import RunSummary
 
@@ -9,7 +10,9 @@ __all__ = [
     "AdapterCheckpoint",
     "Freeze",
     "MergeCheck",
+    "NonFiniteGuard",
     "RunSummary",
+    "StopOnSignal",
     "build_manifest",
     "compare_logits",
     "find_checkpoint",

@@ -10,13 +10,21 @@ Each directory is written under a temporary name, read back and compared tensor 
 is complete. With sharded strategies (FSDP, ZeRO-3) the adapter is first gathered whole onto
 rank 0. The newest one and the best `save_top_k` by `monitor` are kept. At fit end the adapter
 goes to `final_dir`, checked the same way.
+
+A process killed at any moment leaves complete checkpoints and, at most, a `.tmp-step-*` (being
+written) or `.del-step-*` (being pruned) directory, which resume never reads and the next fit
+removes. Resuming checks the chosen checkpoint's tensors against the hashes in its checkpoint.json
+and falls back to the one before when they differ. A checkpoint holding a nan or inf is refused,
+and a full disk leaves the checkpoints already written as they were.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import os
 import random
 import shutil
 from pathlib import Path
@@ -26,7 +34,7 @@ import numpy as np
 import torch
 
 from loralab.distributed import clean_name, collectives_done, full_parameters
-from loralab.errors import CheckpointError, ConfigError
+from loralab.errors import CheckpointError, ConfigError, NonFiniteError
 from loralab.io import dir_bytes, write_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -110,27 +118,90 @@ def list_checkpoints(dirpath: str | Path) -> list[dict]:
     return sorted(out, key=lambda m: m["step"])
 
 
+def load_state(path: str | Path) -> dict:
+    """A training_state.ckpt, read as data only (`weights_only=True`: no pickled code runs)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 (unpickling errors of many kinds)
+        raise CheckpointError(
+            f"{path} cannot be read as a training state ({type(exc).__name__}: {str(exc).splitlines()[0]}): "
+            "it is damaged or was not written by loralab"
+        ) from exc
+
+
+def verify_checkpoint(directory: str | Path) -> None:
+    """Raise CheckpointError unless the checkpoint's training state and adapter hold the tensors
+    its checkpoint.json recorded (SHA-256)."""
+    directory = Path(directory)
+    meta = json.loads((directory / META_FILE).read_text())
+    state_file = directory / STATE_FILE
+    if state_file.is_file() and meta.get("trainable_sha256"):  # (DeepSpeed's is a directory)
+        if state_digest(load_state(state_file)["state_dict"]) != meta["trainable_sha256"]:
+            raise CheckpointError(f"{state_file} does not hold the tensors its {META_FILE} records: it is damaged")
+    adapter = directory / "adapter_model.safetensors"
+    if meta.get("adapter_sha256") and adapter.is_file():
+        from safetensors.torch import load_file
+
+        try:
+            found = load_file(str(adapter))
+        except Exception as exc:  # noqa: BLE001 (safetensors raises its own error types)
+            raise CheckpointError(f"{adapter} cannot be read ({exc}): it is damaged") from exc
+        if state_digest(found) != meta["adapter_sha256"]:
+            raise CheckpointError(f"{adapter} does not hold the tensors its {META_FILE} records: it is damaged")
+
+
 def find_checkpoint(ckpt_path: str | None, resume: str | None, dirpath: str | Path) -> str | None:
-    """The training-state file to resume from: an explicit path, or the newest complete one
-    under `dirpath` for resume=auto (None when there is none yet)."""
+    """The training-state file to resume from: an explicit path, or the newest complete and intact
+    one under `dirpath` for resume=auto (None when there is none yet)."""
     if ckpt_path:
         path = Path(ckpt_path)
         if path.is_dir() and path.name != STATE_FILE:
             path = path / STATE_FILE
         if not path.exists():
             raise ConfigError(f"ckpt_path not found: {ckpt_path}: pass a checkpoint directory or its {STATE_FILE}")
+        if (path.parent / META_FILE).is_file():
+            verify_checkpoint(path.parent)
+        elif path.is_file():  # not one of loralab's: at least readable as data only
+            load_state(path)
         return str(path)
     if resume == "auto":
         found = list_checkpoints(dirpath)
-        if not found:
-            log.warning(
-                "resume=auto: no complete checkpoint under %s, starting from scratch (to continue an "
-                "earlier run, pass hydra.run.dir=<its run directory>)",
-                dirpath,
-            )
-            return None
-        return str(Path(found[-1]["path"]) / STATE_FILE)
+        for candidate in reversed(found):
+            try:
+                verify_checkpoint(candidate["path"])
+            except CheckpointError as exc:
+                log.warning("resume=auto: skipping %s: %s", candidate["path"], exc)
+                continue
+            return str(Path(candidate["path"]) / STATE_FILE)
+        log.warning(
+            "resume=auto: no complete checkpoint under %s, starting from scratch (to continue an "
+            "earlier run, pass hydra.run.dir=<its run directory>)",
+            dirpath,
+        )
+        return None
     return None
+
+
+def remove_partial(dirpath: str | Path, final_dir: str | Path | None = None) -> list[str]:
+    """Delete what a killed process left half-written: checkpoints being written or pruned, and
+    the final adapter's temporary directories. Returns what was removed."""
+    dirpath = Path(dirpath)
+    found = [*dirpath.glob(".tmp-step-*"), *dirpath.glob(".del-step-*")] if dirpath.is_dir() else []
+    if final_dir is not None:
+        final_dir = Path(final_dir)
+        found += [*final_dir.parent.glob(f".tmp-{final_dir.name}*"), *final_dir.parent.glob(f".old-{final_dir.name}*")]
+    for path in found:
+        shutil.rmtree(path, ignore_errors=True)
+    return [str(p) for p in found]
+
+
+def _write_failed(exc: OSError, what: str, kept: str | None = None) -> CheckpointError:
+    """A write error as one line; a full disk (or quota, or file-size limit) says so."""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    cause = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+    fix = "free space there, then continue with resume=auto" if full else "fix it, then continue with resume=auto"
+    where = f" ({exc.filename})" if exc.filename else ""
+    return CheckpointError(f"saving {what} failed: {cause}{where}; {fix}" + (f"; {kept}" if kept else ""))
 
 
 class AdapterCheckpoint(pl.Callback):
@@ -219,51 +290,80 @@ class AdapterCheckpoint(pl.Callback):
             return
         self.save(trainer, pl_module)
 
-    def save(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path:
-        """Write one complete checkpoint directory for the current step."""
+    def save(self, trainer: pl.Trainer, pl_module: pl.LightningModule, scored: bool = True) -> Path:
+        """Write one complete checkpoint directory for the current step. `scored=False` (a stop
+        between validations) records no metric: the checkpoint never counts as the best."""
         step = trainer.global_step
-        value = trainer.callback_metrics.get(self.monitor)
+        value = trainer.callback_metrics.get(self.monitor) if scored else None
         target = self.dirpath / f"step-{step:07d}"
         tmp = self.dirpath / f".tmp-step-{step:07d}"
-        if trainer.is_global_zero:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        trainer.strategy.barrier()
-        trainer.save_checkpoint(tmp / STATE_FILE, weights_only=False)  # collective; rank 0 writes
         error: BaseException | None = None
         try:
-            expected, adapter_digest = self._save_adapter(trainer, pl_module, tmp)  # collective
-            if trainer.is_global_zero and (tmp / STATE_FILE).is_file():  # DeepSpeed writes a directory
-                state = torch.load(tmp / STATE_FILE, map_location="cpu", weights_only=False)["state_dict"]
-                compare_digests(expected, state, f"the training state in {tmp.name}")
-        except Exception as exc:  # noqa: BLE001 (re-raised below, once every rank knows)
-            error = exc
+            if trainer.is_global_zero:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+        except OSError as exc:
+            error = _write_failed(exc, f"checkpoint step {step} in {self.dirpath}", self.kept_message())
+        if trainer.strategy.reduce_boolean_decision(error is None, all=True):
+            try:
+                trainer.save_checkpoint(tmp / STATE_FILE, weights_only=False)  # collective; rank 0 writes
+                expected, adapter_digest = self._save_adapter(trainer, pl_module, tmp)  # collective
+                if trainer.is_global_zero:
+                    bad = sorted(n for n, t in expected.items() if not bool(torch.isfinite(t).all()))
+                    if bad:
+                        raise NonFiniteError(
+                            f"the adapter holds nan or inf at step {step} ({bad[0]}): checkpoint not saved; "
+                            f"{self.kept_message()} (lower optimizer.lr, or keep trainer.gradient_clip_val set)"
+                        )
+                    if (tmp / STATE_FILE).is_file():  # DeepSpeed writes a directory
+                        saved = load_state(tmp / STATE_FILE)["state_dict"]
+                        compare_digests(expected, saved, f"the training state in {tmp.name}")
+                    if pl_module.adapter.facts:
+                        write_json(tmp / VARIANT_FILE, pl_module.adapter.facts)
+                    write_json(  # last: its presence marks the checkpoint complete
+                        tmp / META_FILE,
+                        {
+                            "step": step,
+                            "epoch": trainer.current_epoch,
+                            "monitor": self.monitor,
+                            "value": None if value is None else float(value),
+                            "world_size": trainer.world_size,
+                            "trainable_sha256": state_digest(expected),
+                            "adapter_sha256": adapter_digest,
+                        },
+                    )
+            except OSError as exc:
+                error = _write_failed(exc, f"checkpoint step {step} in {self.dirpath}", self.kept_message())
+            except Exception as exc:  # noqa: BLE001 (re-raised below, once every rank knows)
+                error = exc
         # rank 0's failure reaches every rank, none is left waiting in a barrier
         if not trainer.strategy.reduce_boolean_decision(error is None, all=True):
             if trainer.is_global_zero:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise error or CheckpointError(f"saving checkpoint step {step} failed on another rank: see its log")
         if trainer.is_global_zero:
-            if pl_module.adapter.facts:
-                write_json(tmp / VARIANT_FILE, pl_module.adapter.facts)
-            write_json(  # last: its presence marks the checkpoint complete
-                tmp / META_FILE,
-                {
-                    "step": step,
-                    "epoch": trainer.current_epoch,
-                    "monitor": self.monitor,
-                    "value": None if value is None else float(value),
-                    "world_size": trainer.world_size,
-                    "trainable_sha256": state_digest(expected),
-                    "adapter_sha256": adapter_digest,
-                },
-            )
-            shutil.rmtree(target, ignore_errors=True)
+            if target.exists():  # the same step saved before (a validation after a stop): replaced whole
+                os.rename(target, self.dirpath / f".del-{target.name}")
+                shutil.rmtree(self.dirpath / f".del-{target.name}", ignore_errors=True)
             tmp.rename(target)
             self.last_saved = str(target)
             self._prune()
         trainer.strategy.barrier()
         return target
+
+    def last_complete(self) -> str | None:
+        """The newest complete checkpoint directory on disk."""
+        found = list_checkpoints(self.dirpath) if self.dirpath.is_dir() else []
+        return found[-1]["path"] if found else None
+
+    def kept_message(self) -> str:
+        found = self.last_complete()
+        return f"the last checkpoint, {found}, is kept" if found else "no checkpoint had been saved yet"
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            for path in remove_partial(self.dirpath, self.final_dir):
+                log.info("removed %s, left half-written by an earlier process", path)
 
     def _save_adapter(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, directory: Path
@@ -301,7 +401,10 @@ class AdapterCheckpoint(pl.Callback):
         keep |= {c["path"] for c in scored[: self.save_top_k]}
         for c in found:
             if c["path"] not in keep:
-                shutil.rmtree(c["path"], ignore_errors=True)
+                # renamed first, so that a process killed while deleting leaves no half checkpoint
+                gone = Path(c["path"]).with_name(f".del-{Path(c['path']).name}")
+                os.rename(c["path"], gone)
+                shutil.rmtree(gone, ignore_errors=True)
 
     def best(self) -> str | None:
         """The best checkpoint directory by the monitored metric."""
@@ -313,15 +416,19 @@ class AdapterCheckpoint(pl.Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         tmp = self.final_dir.with_name(f".tmp-{self.final_dir.name}")
-        if trainer.is_global_zero:
+        try:
+            if trainer.is_global_zero:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            trainer.strategy.barrier()
+            _, self.adapter_sha256 = self._save_adapter(trainer, pl_module, tmp)  # collective
+            if trainer.is_global_zero:
+                write_dir(self.final_dir, lambda into: [shutil.move(str(f), into / f.name) for f in tmp.iterdir()])
+                tmp.rmdir()
+                self.adapter_bytes = dir_bytes(self.final_dir)
+        except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        trainer.strategy.barrier()
-        _, self.adapter_sha256 = self._save_adapter(trainer, pl_module, tmp)  # collective
-        if trainer.is_global_zero:
-            write_dir(self.final_dir, lambda into: [shutil.move(str(f), into / f.name) for f in tmp.iterdir()])
-            tmp.rmdir()
-            self.adapter_bytes = dir_bytes(self.final_dir)
+            raise _write_failed(exc, f"the final adapter to {self.final_dir}") from exc
         collectives_done(trainer)
 
     def summary_fields(self) -> dict:

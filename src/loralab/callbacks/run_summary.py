@@ -106,6 +106,9 @@ class RunSummary(pl.Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if trainer.is_global_zero:
+            from loralab.errors import Interrupted
+
+            status = "interrupted" if isinstance(exception, Interrupted) else "failed"
             message = f"{type(exception).__name__}: {exception}"
-            write_summary(self.run_dir, self.collect(trainer, pl_module, "failed", message))
+            write_summary(self.run_dir, self.collect(trainer, pl_module, status, message))
             self.written = True

@@ -249,6 +249,9 @@ def validate(cfg: DictConfig) -> ValidatedConfig:
         raise ConfigError(f"seed must be an integer, got {seed!r}")
     if cfg.get("resume") not in (None, "auto"):
         raise ConfigError(f"resume must be auto or null, got {cfg.resume!r}: use ckpt_path=... for a path")
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and not Path(str(ckpt_path)).expanduser().exists():
+        raise ConfigError(f"ckpt_path not found: {ckpt_path}: pass a checkpoint directory or its training_state.ckpt")
     optimizer = (cfg.get("optimizer") or {}).get("_target_", "")
     if optimizer == LORAFA_OPTIMIZER and spec.name != "lora_fa":
         raise ConfigError(

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from loralab.config.schemas import LOCAL_SUFFIXES, DataConfig
 from loralab.data import formatting
 from loralab.data.builtin import generate
+from loralab.data.checks import check_local_file
 from loralab.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,9 @@ class LoraDataModule(pl.LightningDataModule):
             return Dataset.from_list(train), Dataset.from_list(val)
         try:
             if cfg.source == "local":
+                label = cfg.label_column if cfg.format == "classification" else None
+                for path in filter(None, (cfg.train_file, cfg.val_file)):
+                    check_local_file(path, label)  # a bad line by its number, before Arrow reads it
                 kind = LOCAL_SUFFIXES[Path(cfg.train_file).suffix.lower()]
                 files = {"train": cfg.train_file}
                 if cfg.val_file:
@@ -158,6 +162,8 @@ class LoraDataModule(pl.LightningDataModule):
             else:
                 train = load_dataset(cfg.hub_id, cfg.hub_config, split=cfg.train_split)
                 val = load_dataset(cfg.hub_id, cfg.hub_config, split=cfg.val_split) if cfg.val_split else None
+        except DataError:
+            raise
         except Exception as exc:  # datasets raises many types; the user needs the first line
             where = cfg.train_file if cfg.source == "local" else cfg.hub_id
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -196,13 +202,17 @@ class LoraDataModule(pl.LightningDataModule):
         col = self.cfg.label_column
         labels = list(self.cfg.labels) if self.cfg.labels else sorted({str(v) for v in train[col]})
         if len(labels) < 2:
-            raise DataError(f"classification needs at least 2 labels, found {labels}: check data.{col}")
-        unknown = sorted({str(v) for v in val[col]} - set(labels))
-        if unknown:
             raise DataError(
-                f"validation labels {unknown[:5]} are not in the label set {labels}: "
-                "add them to data.labels or fix the data"
+                f"classification needs at least 2 labels, found {labels} in column {col!r}: check the data, or "
+                "data.label_column"
             )
+        for split, ds in (("train", train), ("validation", val)):
+            unknown = sorted({str(v) for v in ds[col]} - set(labels))
+            if unknown:
+                raise DataError(
+                    f"{split} labels {unknown[:5]} are not in the label set {labels}: "
+                    "add them to data.labels or fix the data"
+                )
         self.labels = labels
         return {name: i for i, name in enumerate(labels)}
 
@@ -324,7 +334,9 @@ class LoraDataModule(pl.LightningDataModule):
         )
         if trainer is not None:
             sampler.set_epoch(trainer.current_epoch)
-            done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+            # batches trained this epoch (`processed`: a checkpoint saved at a batch's end, before
+            # Lightning counts it completed, has trained it too)
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
             sampler.skip = min(done * self.cfg.train_batch_size, len(sampler))
         return DataLoader(
             self.train_set.with_format(columns=["input_ids", "labels"]),

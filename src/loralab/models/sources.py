@@ -40,7 +40,10 @@ def _finish_tokenizer(tokenizer: Any) -> Any:
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ModelError("the tokenizer has neither a pad nor an eos token: use a tokenizer that defines one")
-        log.info("tokenizer has no pad token; using its eos token %r for padding", tokenizer.eos_token)
+        log.warning(
+            "the tokenizer has no pad token: padding with its eos token %r (padded positions are masked)",
+            tokenizer.eos_token,
+        )
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -111,8 +114,9 @@ class ModelSource:
         """The model for `task` from a transformers directory or hub id, in `self.dtype`; k-bit and
         prepared for k-bit training when `quantization` is set."""
         quantized = load_kwargs(self.quantization) if self.quantization else {}
+        # weights from safetensors files only: a pickled checkpoint (pytorch_model.bin) can run code
         model = _model_class(task).from_pretrained(
-            path, dtype=_dtype(self.dtype), **kwargs, **_task_kwargs(task, labels), **quantized
+            path, dtype=_dtype(self.dtype), use_safetensors=True, **kwargs, **_task_kwargs(task, labels), **quantized
         )
         return prepare(model, self.quantization) if self.quantization else model
 
@@ -171,6 +175,11 @@ class Pretrained(ModelSource):
         try:
             model = self._from_pretrained(self.name_or_path, task, labels, **self._kwargs())
         except OSError as exc:
+            if "safetensors" in str(exc):
+                raise ModelError(
+                    f"model {self.name_or_path!r} has no safetensors weights: loralab does not load pickled "
+                    "weights (pytorch_model.bin can run code when read); convert them to safetensors first"
+                ) from exc
             raise ModelError(
                 f"cannot load model {self.name_or_path!r} ({str(exc).splitlines()[0]}): check model.name_or_path"
             ) from exc
@@ -181,6 +190,13 @@ class Pretrained(ModelSource):
 
         try:
             return AutoConfig.from_pretrained(self.name_or_path, **self._kwargs(), **_task_kwargs(task, labels))
+        except ValueError as exc:
+            if "trust_remote_code" not in str(exc):
+                raise
+            raise ModelError(
+                f"model {self.name_or_path!r} comes with its own Python code (auto_map in its config.json), which "
+                "loralab runs only when told: read that code, then set model.trust_remote_code=true"
+            ) from exc
         except OSError as exc:
             raise ModelError(
                 f"cannot load the config of {self.name_or_path!r} ({str(exc).splitlines()[0]}): "

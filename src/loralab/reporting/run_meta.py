@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from loralab.io import write_json
+from loralab.secrets import redact
 
 PACKAGES = (
     "loralab",
@@ -89,11 +90,13 @@ def flat_config(cfg: DictConfig) -> dict:
         else:
             out[prefix[:-1]] = node
 
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    walk(redact(OmegaConf.to_container(cfg, resolve=True)), "")
     return out
 
 
 RESOLVED_CONFIG = "config.yaml"
+# the layout of a run directory that loralab-rerun and loralab-compare read; raised when it changes
+FORMAT_VERSION = 1
 # keys that say where a run writes or how it is watched, not what it computes
 UNHASHED = ("paths", "logger", "resume", "ckpt_path", "tags", "experiment_name", "objective")
 
@@ -167,7 +170,7 @@ def write_run_meta(run_dir: str | Path, cfg: DictConfig, model: dict, data: dict
         "config_hash": config_hash(cfg),
         "config_file": RESOLVED_CONFIG,
         "rerun_of": (RERUN or {}).get("rerun_of"),
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "seed": cfg.seed,
         "data_seed": cfg.data.get("seed"),
         "git": git,
@@ -184,9 +187,9 @@ def write_run_meta(run_dir: str | Path, cfg: DictConfig, model: dict, data: dict
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         },
     }
-    write_json(run_dir / "run_meta.json", meta)
+    write_json(run_dir / "run_meta.json", redact(meta))
     # the resolved config: what `loralab-rerun` runs again (.hydra/config.yaml keeps interpolations)
-    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    resolved = OmegaConf.create(redact(OmegaConf.to_container(cfg, resolve=True)))
     tmp = run_dir / f".{RESOLVED_CONFIG}.tmp"
     OmegaConf.save(resolved, tmp)
     tmp.replace(run_dir / RESOLVED_CONFIG)
