@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
-
-# a full disk, a quota, a file-size limit: reported as one line, not a traceback
-FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def one_line_error(message: str) -> str:
@@ -95,13 +91,13 @@ def report_failure(exc: Exception) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from loralab.errors import Interrupted, LoralabError
+    from loralab.errors import DISK_FULL, Interrupted, LoralabError
 
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise exc
     # objects built by hydra.utils.instantiate arrive wrapped in an InstantiationException
     error = exc if isinstance(exc, LoralabError) else exc.__cause__
-    if isinstance(exc, OSError) and exc.errno in FULL:
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:  # a log or W&B file: one line, not a traceback
         error = LoralabError(
             f"writing {exc.filename or 'a file'} failed: {exc.strerror}: free space there, "
             "then continue with resume=auto"

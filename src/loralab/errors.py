@@ -1,5 +1,10 @@
 """Errors that reach the user as one line: what is wrong and how to fix it."""
 
+import errno
+
+# the write errors of a full disk, a quota and a file-size limit: reported as "free space"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
 
 class LoralabError(Exception):
     """Base class: the CLI prints these as a single line, without a traceback."""

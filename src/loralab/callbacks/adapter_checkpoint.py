@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from loralab.distributed import clean_name, collectives_done, full_parameters
-from loralab.errors import CheckpointError, ConfigError, NonFiniteError
+from loralab.errors import DISK_FULL, CheckpointError, ConfigError, NonFiniteError
 from loralab.io import dir_bytes, write_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -195,9 +195,17 @@ def remove_partial(dirpath: str | Path, final_dir: str | Path | None = None) -> 
     return [str(p) for p in found]
 
 
+def _discard(checkpoint: Path) -> None:
+    """Delete a checkpoint directory, renamed first: a process killed while deleting leaves a
+    `.del-step-*` that resume never reads (and the next fit removes), not half a checkpoint."""
+    gone = checkpoint.with_name(f".del-{checkpoint.name}")
+    os.rename(checkpoint, gone)
+    shutil.rmtree(gone, ignore_errors=True)
+
+
 def _write_failed(exc: OSError, what: str, kept: str | None = None) -> CheckpointError:
     """A write error as one line; a full disk (or quota, or file-size limit) says so."""
-    full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    full = exc.errno in DISK_FULL
     cause = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
     fix = "free space there, then continue with resume=auto" if full else "fix it, then continue with resume=auto"
     where = f" ({exc.filename})" if exc.filename else ""
@@ -342,9 +350,8 @@ class AdapterCheckpoint(pl.Callback):
                 shutil.rmtree(tmp, ignore_errors=True)
             raise error or CheckpointError(f"saving checkpoint step {step} failed on another rank: see its log")
         if trainer.is_global_zero:
-            if target.exists():  # the same step saved before (a validation after a stop): replaced whole
-                os.rename(target, self.dirpath / f".del-{target.name}")
-                shutil.rmtree(self.dirpath / f".del-{target.name}", ignore_errors=True)
+            if target.exists():  # the same step saved before (a resumed run passing it again): replaced whole
+                _discard(target)
             tmp.rename(target)
             self.last_saved = str(target)
             self._prune()
@@ -401,10 +408,7 @@ class AdapterCheckpoint(pl.Callback):
         keep |= {c["path"] for c in scored[: self.save_top_k]}
         for c in found:
             if c["path"] not in keep:
-                # renamed first, so that a process killed while deleting leaves no half checkpoint
-                gone = Path(c["path"]).with_name(f".del-{Path(c['path']).name}")
-                os.rename(c["path"], gone)
-                shutil.rmtree(gone, ignore_errors=True)
+                _discard(Path(c["path"]))
 
     def best(self) -> str | None:
         """The best checkpoint directory by the monitored metric."""

@@ -98,9 +98,7 @@ def check_local_file(path: str | Path, label_column: str | None = None) -> None:
             check_json_lines(path, label_column)  # JSON Lines in a .json file, as `datasets` allows
             return
         if rows == []:
-            raise DataError(
-                f"{path} holds no examples (an empty list): point the data config at the data"
-            )
+            raise DataError(f"{path} holds no examples (an empty list): point the data config at the data")
         if not isinstance(rows, list):
             kind = _kind(rows).split(" ", 1)[1]
             raise DataError(f"{path} holds one JSON {kind}: give a list of examples, or one per line")
