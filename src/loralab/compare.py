@@ -20,6 +20,7 @@ from typing import Any
 
 from loralab.errors import LoralabError
 from loralab.reporting.run_meta import FORMAT_VERSION
+from loralab.rundir import SUMMARY_FILE, adapter_problem, check_writable
 
 # (column, header) in table order; `metric` is the chosen metric's column
 COLUMNS = (
@@ -43,6 +44,8 @@ CONFIG_COLUMNS = ("variant", "r", "alpha", "targets")
 SHOWN = {"variant", "variant.name", "variant.r", "variant.alpha", "variant.target_modules", "seed"}
 NUMERIC = ("trainable", "adapter_bytes", "peak_mb", "tokens_per_s", "val_loss", "metric", "merge_err")
 PREFERRED_METRICS = ("val/exact_match", "val/accuracy", "val/loss")
+# the statuses whose figures are compared (aggregated rows carry "n/m completed" and count only those)
+COMPARED = ("completed", "skipped")
 
 
 class CompareError(LoralabError):
@@ -74,24 +77,38 @@ def is_run_dir(path: Path) -> bool:
     return any((path / name).exists() for name in ("summary.json", "run_meta.json", ".hydra"))
 
 
+SUPERSEDED = "replaced"  # a sweep's earlier runs moved out of job directories that now hold others
+
+
+def _runs_below(path: Path) -> list[Path]:
+    """Run directories at any depth below `path` (not inside a run, not hidden, not superseded)."""
+    found: list[Path] = []
+    for child in sorted((p for p in path.iterdir() if p.is_dir()), key=_order):
+        if child.name.startswith(".") or child.name == SUPERSEDED:
+            continue
+        found += [child] if is_run_dir(child) else _runs_below(child)
+    return found
+
+
 def find_runs(paths: list[str]) -> list[Path]:
-    """Run directories: each path itself when it is one, else the job directories inside it."""
+    """Run directories: each path itself when it is one, else every run below it (a sweep's jobs,
+    or all of outputs/)."""
     runs: list[Path] = []
     for raw in paths:
-        path = Path(raw)
+        path = Path(raw).expanduser()
         if not path.is_dir():
             raise CompareError(f"{raw} is not a directory: pass run directories or sweep directories")
         if is_run_dir(path):
             runs.append(path)
             continue
-        inside = sorted((p for p in path.iterdir() if p.is_dir() and is_run_dir(p)), key=_order)
+        inside = _runs_below(path)
         if not inside:
             raise CompareError(
-                f"no runs in {raw}: a run directory holds summary.json and run_meta.json; a sweep directory holds them "
-                "one level down"
+                f"no runs in {raw}: a run directory holds summary.json and run_meta.json; pass one, or a directory "
+                "above runs (a sweep, outputs/)"
             )
-        runs.extend(inside)
-    return list(dict.fromkeys(p.resolve() for p in runs))
+        runs += inside
+    return list(dict.fromkeys(runs))
 
 
 def _order(path: Path) -> tuple:
@@ -111,7 +128,10 @@ def _metrics_curve(run_dir: Path, key: str = "val/loss") -> list[tuple[int, floa
 
 def load_run(run_dir: Path, label: str) -> dict[str, Any]:
     """One table row for a run directory (a skipped sweep job reads the run it matched)."""
-    summary = _read_json(run_dir / "summary.json")
+    summary = _read_json(run_dir / SUMMARY_FILE)
+    problem = adapter_problem(run_dir, summary)
+    if problem:  # the recorded adapter is not what is on disk: its figures describe something lost
+        summary = {**summary, "status": "damaged", "error": f"the saved adapter is damaged: {problem}", "after": {}}
     source = run_dir
     if summary.get("status") == "skipped" and summary.get("same_as"):
         from loralab.sweep import resolve_same_as
@@ -121,7 +141,7 @@ def load_run(run_dir: Path, label: str) -> dict[str, Any]:
             summary = {"status": "failed", "error": f"skipped as a repeat of {summary['same_as']}, which is gone"}
         else:
             source = found
-            summary = {**_read_json(source / "summary.json"), "status": "skipped"}
+            summary = {**_read_json(source / SUMMARY_FILE), "status": "skipped"}
             label = f"{label} (= {found.parent.name + '/' if found.parent.name == 'replaced' else ''}{found.name})"
     cfg = _config(source) or _config(run_dir)
     meta = _read_json(source / "run_meta.json") or _read_json(run_dir / "run_meta.json")
@@ -191,9 +211,12 @@ def _labels(runs: list[Path]) -> list[str]:
 
 def choose_metric(rows: list[dict], metric: str | None) -> str:
     """The metric to compare; every completed run must have measured it."""
-    done = [r for r in rows if r["status"] in ("completed", "skipped")]
+    done = [r for r in rows if r["status"] in COMPARED]
     if not done:
-        raise CompareError("no completed run to compare: every run failed or is still running (see the status column)")
+        statuses = "; ".join(f"{r['run']}: {r['status']}" for r in rows[:3]) + ("; ..." if len(rows) > 3 else "")
+        raise CompareError(
+            f"no completed run to compare: every run failed, was stopped, or has a damaged adapter ({statuses})"
+        )
     if metric is None:
         # each run's headline metric (exact match for generation, accuracy for classification)
         primary = {next((m for m in PREFERRED_METRICS if m in r["after"]), None) for r in done}
@@ -267,7 +290,7 @@ def aggregate(rows: list[dict], group_by: list[str] | None) -> list[dict]:
     group_by = group_by or list(CONFIG_COLUMNS)
     out = []
     for members in groups.values():
-        done = [m for m in members if m["status"] in ("completed", "skipped")]
+        done = [m for m in members if m["status"] in COMPARED]
         agg: dict[str, Any] = {k: _get(members[0], k) for k in group_by}
         agg.update(
             run=", ".join(m["run"] for m in members),
@@ -366,7 +389,14 @@ def plot(rows: list[dict], runs: list[dict], metric: str, out: Path, extra: list
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name in sorted({series_of(r) for r in rows}):
         series = sorted(
-            (r for r in rows if series_of(r) == name and r.get("metric") is not None and r.get("trainable")),
+            (
+                r
+                for r in rows
+                if series_of(r) == name
+                and r.get("metric") is not None
+                and r.get("trainable")
+                and (r["n"] > 0 if "n" in r else r.get("status") in COMPARED)
+            ),
             key=lambda r: r["trainable"],
         )
         if series:
@@ -418,6 +448,7 @@ def compare(
     echo: bool = True,
 ) -> dict:
     """Build the comparison; print it; write compare.md, compare.csv and the plots into `out`."""
+    out_dir = _out_dir(out, paths)
     run_dirs = find_runs(paths)
     runs = [load_run(d, label) for d, label in zip(run_dirs, _labels(run_dirs), strict=True)]
     runs = apply_filters(runs, filters or [])
@@ -448,7 +479,6 @@ def compare(
         for cells in body:
             table.add_row(*cells)
         Console(width=200).print(table)
-    out_dir = Path(out) if out is not None else (Path(paths[0]) if len(paths) == 1 else Path("loralab-compare"))
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "compare.md", out_dir / "compare.csv"]
     write_markdown(written[0], headers, body, title)
@@ -458,6 +488,21 @@ def compare(
     if echo:
         print("written: " + ", ".join(str(p) for p in written))
     return {"metric": metric, "rows": rows, "runs": runs, "files": written, "aggregated": do_aggregate}
+
+
+def _out_dir(out: str | Path | None, paths: list[str]) -> Path:
+    """Where the report goes (default: the one path given), refused before any run is read when it
+    is a file or cannot be written."""
+    out_dir = (
+        Path(out).expanduser() if out is not None else (Path(paths[0]) if len(paths) == 1 else Path("loralab-compare"))
+    )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CompareError(f"--out {out_dir} is a file: pass a directory for compare.md, compare.csv and the plots")
+    try:
+        check_writable(out_dir, "--out")
+    except LoralabError as exc:
+        raise CompareError(str(exc)) from None
+    return out_dir
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -486,6 +531,11 @@ def main(argv: list[str] | None = None) -> None:
         )
     except LoralabError as exc:
         print(f"loralab-compare: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:  # a file that cannot be read or written, where it happened
+        if not exc.filename:
+            raise
+        print(f"loralab-compare: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
         sys.exit(2)
 
 

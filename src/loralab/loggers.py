@@ -22,6 +22,21 @@ def wandb_credentials_present() -> bool:
         return False
 
 
+WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
+
+
+def check_wandb_env() -> None:
+    """Refuse a WANDB_MODE that W&B itself would reject with a traceback when the run starts."""
+    from loralab.errors import ConfigError
+
+    mode = os.environ.get("WANDB_MODE")
+    if mode is not None and mode not in WANDB_MODES:
+        raise ConfigError(
+            f"the environment sets WANDB_MODE={mode!r}, which W&B does not know: unset it (online with "
+            "credentials, offline without), or set WANDB_MODE=offline, online or disabled"
+        )
+
+
 def sweep_group(output_dir: str | None) -> str | None:
     """In a multirun job, the sweep's id for W&B's group: its directory, relative to the outputs
     directory. None outside a multirun."""
@@ -48,6 +63,7 @@ def wandb_logger(
     plus `auto_tags` (r, alpha, seed)."""
     from lightning.pytorch.loggers import WandbLogger
 
+    check_wandb_env()
     group = group or sweep_group(output_dir) or experiment
     all_tags = list(dict.fromkeys([*(tags or []), *(auto_tags or [])]))
     kwargs.update(group=group, tags=all_tags)
@@ -60,7 +76,12 @@ def wandb_logger(
     offline = mode in ("offline", "dryrun") or (mode is None and not wandb_credentials_present())
     if offline:
         log.info("W&B is offline (no credentials): sync later with `wandb sync %s/wandb/offline-run-*`", save_dir)
-    return WandbLogger(save_dir=save_dir, offline=offline, **kwargs)
+    logger = WandbLogger(save_dir=save_dir, offline=offline, **kwargs)
+    # Lightning passes anonymous=None to wandb.init, which W&B answers with a deprecation warning on
+    # every run ("The anonymous setting has no effect"): leave the setting out
+    if logger._wandb_init.get("anonymous") is None:
+        logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def attach_file(loggers: list, path: str | Path, base_dir: str | Path) -> None:

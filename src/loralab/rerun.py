@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 from loralab.errors import LoralabError
 from loralab.reporting.run_meta import FORMAT_VERSION
+from loralab.rundir import SUMMARY_FILE, adapter_problem, check_writable, read_json
 
 log = logging.getLogger("loralab")
 
@@ -83,10 +85,35 @@ def environment_differences(meta: dict, run_dir: Path) -> list[str]:
     return notes
 
 
-def rerun_config(original: Any, run_dir: Path, new_dir: Path, overrides: list[str]) -> Any:
-    """The original resolved config, writing into `new_dir`, fresh (no resume), with `overrides`."""
+def _kind(value: Any) -> str | None:
+    """The kind of a saved config value an override must keep (None: any)."""
+    if isinstance(value, bool):
+        return "a boolean (true or false)"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    return None
+
+
+def _same_kind(old: Any, new: Any) -> bool:
+    kind = _kind(old)
+    if kind is None or new is None:
+        return True
+    if kind == "a number":
+        return isinstance(new, (int, float)) and not isinstance(new, bool)
+    return _kind(new) == kind
+
+
+def rerun_config(original: Any, run_dir: Path, new_dir: Path, overrides: list[str], cwd: str | None = None) -> Any:
+    """The original resolved config, writing into `new_dir`, fresh (no resume), with `overrides`
+    (each keeping the kind of value the saved config has there). Relative paths the original run
+    saved are taken relative to the directory it was started in (`cwd`), as it took them."""
     from omegaconf import OmegaConf
 
+    from loralab.config.paths import resolve_paths
     from loralab.reporting.run_meta import relocate
 
     data = OmegaConf.to_container(original, resolve=False)
@@ -117,6 +144,14 @@ def rerun_config(original: Any, run_dir: Path, new_dir: Path, overrides: list[st
                 f"override {item!r} is not a valid value ({str(exc).splitlines()[0]}): check its brackets and "
                 "quotes, e.g. 'variant.target_modules=[q_proj,v_proj]'"
             ) from exc
+        new = OmegaConf.select(cfg, key)
+        new = OmegaConf.to_container(new) if OmegaConf.is_config(new) else new
+        if not _same_kind(current, new):
+            raise RerunError(
+                f"override {item!r}: {key} is {_kind(current)} in the saved config ({current!r}), got {new!r}: "
+                f"e.g. {key}={current}"
+            )
+    resolve_paths(cfg, base=cwd)
     return cfg
 
 
@@ -180,18 +215,30 @@ def rerun(
     from loralab.reporting import run_meta
     from loralab.reporting.run_meta import config_hash
 
-    run_dir = Path(run_dir).resolve()
+    run_dir = Path(run_dir).expanduser().resolve()
     original, meta = load_original(run_dir)
-    summary = run_dir / "summary.json"
-    if check and json.loads(summary.read_text() if summary.is_file() else "{}").get("status") != "completed":
+    summary = read_json(run_dir / SUMMARY_FILE)
+    if check and summary.get("status") != "completed":
         raise RerunError(f"{run_dir} did not complete (see its summary.json): there is nothing to verify against")
+    problem = adapter_problem(run_dir, summary) if check else None
+    if problem:  # found before the rerun trains, not blamed on it afterwards
+        raise RerunError(
+            f"the original run's adapter is damaged ({problem}): there is nothing to verify against; rerun "
+            "without --verify to train it again"
+        )
     # beside the original, under reruns/: never a job directory of a sweep (a sweep's report and
     # its resume would count it as a job)
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    new_dir = Path(out).resolve() if out else run_dir.parent / "reruns" / f"{run_dir.name}-{stamp}"
+    new_dir = Path(out).expanduser().resolve() if out else run_dir.parent / "reruns" / f"{run_dir.name}-{stamp}"
+    if new_dir.exists() and not new_dir.is_dir():
+        raise RerunError(f"--out {new_dir} is a file: pass a new directory")
     if new_dir.exists() and any(new_dir.iterdir()):
         raise RerunError(f"{new_dir} already exists and is not empty: pass --out to a new directory")
-    cfg = rerun_config(original, run_dir, new_dir, overrides or [])
+    try:
+        check_writable(new_dir, "--out" if out else "the rerun directory")
+    except LoralabError as exc:
+        raise RerunError(str(exc)) from None
+    cfg = rerun_config(original, run_dir, new_dir, overrides or [], cwd=meta.get("cwd"))
     validate(cfg)  # bad overrides fail here, before anything loads
     _log_to(new_dir)
     for note in environment_differences(meta, run_dir):
@@ -239,8 +286,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run_dir", help="a run directory (it holds run_meta.json and config.yaml)")
     parser.add_argument("--verify", action="store_true", help="compare final metrics and adapter tensors bitwise")
     parser.add_argument("--out", help="the new run directory (default: <run_dir parent>/reruns/<name>-<time>)")
+    parser.add_argument("--verbose", action="store_true", help="show the libraries' start-up lines and bars too")
     parser.add_argument("overrides", nargs="*", help="key=value changes to the saved config")
     args = parser.parse_intermixed_args(argv)
+    from loralab.console import VERBOSE_ENV, quiet_libraries
+
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    quiet_libraries()
     from loralab.secrets import check_command_line
 
     refused = check_command_line(args.overrides)
@@ -249,6 +302,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     try:
         code = rerun(args.run_dir, args.out, args.overrides, check=args.verify)
+    except OSError as exc:  # a file that cannot be read or written, where it happened
+        if not exc.filename:
+            raise
+        print(f"loralab-rerun: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        sys.exit(2)
     except Exception as exc:
         # objects built by hydra.utils.instantiate arrive wrapped in an InstantiationException
         error = exc if isinstance(exc, LoralabError) else exc.__cause__

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -28,9 +29,15 @@ def _read(path: Path) -> dict:
 
 
 def job_state(run_dir: Path) -> tuple[str | None, str | None]:
-    """(config hash, status) of what a run directory holds; (None, None) when it holds no run."""
-    meta, summary = _read(run_dir / "run_meta.json"), _read(run_dir / "summary.json")
-    return meta.get("config_hash"), summary.get("status")
+    """(config hash, status) of what a run directory holds; (None, None) when it holds no run. A
+    completed run whose adapter is not the one it recorded is `damaged`."""
+    from loralab.rundir import RUN_META, SUMMARY_FILE, adapter_problem
+
+    meta, summary = _read(run_dir / RUN_META), _read(run_dir / SUMMARY_FILE)
+    status = summary.get("status")
+    if status == "completed" and adapter_problem(run_dir, summary):
+        status = "damaged"
+    return meta.get("config_hash"), status
 
 
 def resolve_same_as(summary: dict, run_dir: str | Path) -> Path | None:
@@ -96,7 +103,13 @@ def plan_job(cfg: DictConfig, write: bool = True) -> dict | None:
                 write_json(run_dir / "summary.json", summary)
             return summary
     if own_hash == wanted and cfg.get("resume") is None and cfg.get("ckpt_path") is None:
-        log.info("sweep resume: %s was interrupted, continuing from its newest checkpoint", run_dir)
+        if own_status == "damaged":
+            log.warning(
+                "sweep resume: %s completed but its adapter is damaged: rebuilding it from its newest checkpoint",
+                run_dir,
+            )
+        else:
+            log.info("sweep resume: %s was interrupted, continuing from its newest checkpoint", run_dir)
         with open_dict(cfg):
             cfg.resume = "auto"
     return None
@@ -132,13 +145,138 @@ def collect_jobs(sweep_dir: str | Path) -> list[dict]:
     return jobs
 
 
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+NAMES_SHOWN = 3  # a sweep over more experiment names is named by its first and a count
+
+
+def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
+    """Every job's overrides as Hydra's grid sweeper will launch them (its `params` from the config,
+    then the command line's); None for sweepers that choose their trials as they go (Optuna)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if OmegaConf.select(config, "hydra.sweeper._target_") != BASIC_SWEEPER:
+        return None
+    params = [f"{k}={v}" for k, v in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()]
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    overrides = parser.parse_overrides([*params, *config.hydra.overrides.task])
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def sweep_name(names: list[str]) -> str:
+    """The name of a sweep whose jobs have these experiment names: the one name they share, else
+    the distinct names joined by `+` (the first and a count when there are many)."""
+    distinct = list(dict.fromkeys(names))
+    if len(distinct) <= NAMES_SHOWN:
+        return "+".join(distinct)
+    return f"{distinct[0]}+{len(distinct) - 1}_more"
+
+
+def check_jobs(config: DictConfig, jobs: list[list[str]]) -> list[str]:
+    """Compose and check every job of a sweep as a single run would be checked (values, the
+    model's location, targets against its module tree) before the first one starts: a typo in one
+    value of a grid is refused in seconds, not after the jobs before it have trained. Returns the
+    jobs' experiment names."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import read_write
+
+    loader = GlobalHydra.instance().config_loader()
+    names, skeletons = [], {}
+    hydra_config = HydraConfig.instance().cfg
+    try:
+        for num, job in enumerate(jobs):
+            job_cfg = loader.load_sweep_config(config, list(job))
+            HydraConfig.instance().set_config(job_cfg)  # for ${hydra:...}, as when the job runs
+            with read_write(job_cfg), open_dict(job_cfg):
+                del job_cfg["hydra"]
+            names.append(_check_job(job_cfg, num, job, skeletons))
+    finally:
+        HydraConfig.instance().cfg = hydra_config
+    return names
+
+
+def _check_job(job_cfg: DictConfig, num: int, job: list[str], skeletons: dict) -> str:
+    """One job's checks (see check_jobs); its experiment name."""
+    from hydra.utils import instantiate
+
+    from loralab.config import validate
+    from loralab.errors import LoralabError
+    from loralab.variants import get_variant
+
+    try:
+        typed = validate(job_cfg)
+        key = (OmegaConf.to_yaml(job_cfg.model, resolve=True), typed.data.task)
+        if key not in skeletons:  # one module tree per model: jobs mostly vary the adapter
+            skeletons[key] = instantiate(job_cfg.model).skeleton(typed.data.task)
+        get_variant(typed.variant.name).check_targets(skeletons[key], typed.variant)
+    except Exception as exc:
+        error = exc if isinstance(exc, LoralabError) else exc.__cause__
+        if not isinstance(error, LoralabError):
+            raise
+        raise type(error)(f"sweep job {num} ({' '.join(job)}): {error}; nothing was run") from exc
+    return str(job_cfg.experiment_name)
+
+
+def pin_sweep_dir(config: DictConfig, names: list[str] | None) -> Path:
+    """Resolve the sweep directory once, for the whole sweep, and hand it to every job (Hydra
+    resolves `hydra.sweep.dir` again in each job's own config, where a default such as
+    `outputs/${experiment_name}` would follow the job's variant and split the sweep). When the jobs'
+    experiment names differ, the directory is named by all of them (`dates_lora+dates_vera`)."""
+    from omegaconf import read_write
+
+    from loralab.cli import quote_override
+
+    with read_write(config), open_dict(config):
+        if names and len(set(names)) > 1:
+            kept = config._get_node("experiment_name")._value()
+            config.experiment_name = sweep_name(names)
+            sweep_dir = str(config.hydra.sweep.dir)
+            config.experiment_name = kept
+        else:
+            sweep_dir = str(config.hydra.sweep.dir)
+        config.hydra.sweep.dir = sweep_dir
+        hydra_overrides = [o for o in config.hydra.overrides.hydra if not o.startswith("hydra.sweep.dir=")]
+        config.hydra.overrides.hydra = [*hydra_overrides, f"hydra.sweep.dir={quote_override(sweep_dir)}"]
+    return Path(sweep_dir)
+
+
 class SweepReport(Callback):
-    """At the end of a multirun, writes sweep_summary.json (every job's status, error and
-    overrides) into the sweep directory and exits non-zero with a count when any job failed.
-    Jobs themselves do not stop the sweep when they fail (see loralab.train)."""
+    """Checks every job of a sweep before the first one runs and gives the sweep one directory
+    (on_multirun_start). At the end of a multirun, writes sweep_summary.json (every job's status,
+    error and overrides) into the sweep directory and exits non-zero with a count when any job
+    failed. Jobs themselves do not stop the sweep when they fail (see loralab.train)."""
 
     def __init__(self, metric: str | None = None) -> None:
         self.metric = metric
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from loralab.errors import LoralabError
+        from loralab.rundir import check_writable
+
+        full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+        try:
+            jobs = sweep_jobs(config)
+            names = check_jobs(config, jobs) if jobs else None
+            sweep_dir = pin_sweep_dir(config, names)
+            check_writable(sweep_dir, "hydra.sweep.dir")
+            check_writable(config.paths.cache_dir, "paths.cache_dir (LORALAB_CACHE)")
+        except LoralabError as exc:
+            if full_error:
+                raise
+            print(f"loralab: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        except Exception as exc:  # Hydra turns a callback's exception into a warning and goes on
+            import traceback
+
+            if full_error:
+                traceback.print_exc()
+            print(
+                f"loralab: error: preparing the sweep failed ({type(exc).__name__}: {exc}): nothing was run",
+                file=sys.stderr,
+            )
+            sys.exit(1)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -149,8 +287,8 @@ class SweepReport(Callback):
             from loralab.compare import compare
             from loralab.errors import LoralabError
 
-            try:  # the comparison table and plots, beside sweep_summary.json
-                compare([str(sweep_dir)], out=sweep_dir, metric=self.metric)
+            try:  # the comparison table and plots of the sweep's jobs, beside sweep_summary.json
+                compare([j["run_dir"] for j in jobs], out=sweep_dir, metric=self.metric)
             except LoralabError as exc:
                 log.warning("no comparison report for %s: %s", sweep_dir, exc)
             except Exception:  # the report must not hide the sweep's own result

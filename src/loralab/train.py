@@ -15,7 +15,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from loralab.cli import close_wandb, precheck_composition, report_failure
+from loralab.cli import (
+    HELP_FLAGS,
+    close_wandb,
+    interrupts_before_fit,
+    precheck_composition,
+    print_help,
+    report_failure,
+)
 from loralab.config import register_schemas, validate
 
 # conf/ beside src/ (the package is installed editable from the repository)
@@ -26,7 +33,57 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Run one experiment; return (summary, objects)."""
     # 1. config checks, before anything loads: a bad config is refused without importing torch
     typed = validate(cfg)
+    with interrupts_before_fit():  # Ctrl-C / SIGTERM while loading: one line, status interrupted
+        trainer, module, datamodule, callbacks, loggers, ckpt = _setup(cfg, typed)
 
+    import torch
+
+    from loralab.distributed import end_distributed, env_rank, is_rank_zero
+
+    if not is_rank_zero():
+        # every process built the same adapter from the seed; from here each draws its own
+        # dropout masks (rank 0 keeps the stream one process has)
+        torch.manual_seed(cfg.seed + env_rank())
+    failed = True
+    try:
+        try:
+            if cfg.validate_before and ckpt is None:
+                trainer.validate(module, datamodule=datamodule, verbose=False)
+            # the training state is read as data only: no pickled code from a checkpoint runs
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+        except SystemExit:
+            if trainer.interrupted:  # Lightning ends a Ctrl-C it caught itself with exit(1)
+                raise _stopped_at_once(trainer, callbacks) from None
+            raise
+        reporter = next((cb for cb in callbacks if hasattr(cb, "collect")), None)
+        summary = reporter.collect(trainer, module, "completed", None) if reporter else {"status": "completed"}
+        failed = False
+    finally:
+        end_distributed(trainer, failed)
+    return summary, {
+        "trainer": trainer,
+        "module": module,
+        "datamodule": datamodule,
+        "callbacks": callbacks,
+    }
+
+
+def _stopped_at_once(trainer, callbacks: list) -> Exception:
+    """Ctrl-C that Lightning handled (a second one during training, or one during the validation
+    before it): what was kept, as one line with Ctrl-C's exit code."""
+    import signal
+
+    from loralab.errors import Interrupted
+
+    saver = next((cb for cb in callbacks if hasattr(cb, "kept_message")), None)
+    kept = saver.kept_message() if saver is not None else "this run saves no checkpoints"
+    return Interrupted(
+        f"stopped by SIGINT at step {trainer.global_step}, without a new checkpoint; {kept}", signal.SIGINT
+    )
+
+
+def _setup(cfg: DictConfig, typed) -> tuple:
+    """Data, model + variant, module, callbacks, loggers and trainer, ready to fit."""
     import lightning.pytorch as pl
     import torch
     from hydra.utils import instantiate
@@ -34,7 +91,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     from loralab.callbacks import find_checkpoint
     from loralab.data.datamodule import LoraDataModule
-    from loralab.distributed import end_distributed, env_rank, is_rank_zero
+    from loralab.distributed import env_rank, is_rank_zero
     from loralab.io import set_aside
     from loralab.launcher import adopt_launcher
     from loralab.module import LoraModule
@@ -96,32 +153,13 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     data_facts = {f"data/{split}_{k}": v for split, st in datamodule.stats.items() for k, v in st.items()}
     for lg in loggers if zero else []:
         lg.log_hyperparams({**flat_config(cfg), **data_facts, "data/fingerprint": datamodule.fingerprint})
-    if not zero:
-        # every process built the same adapter from the seed; from here each draws its own
-        # dropout masks (rank 0 keeps the stream one process has)
-        torch.manual_seed(cfg.seed + env_rank())
-    failed = True
-    try:
-        if cfg.validate_before and ckpt is None:
-            trainer.validate(module, datamodule=datamodule, verbose=False)
-        # the training state is read as data only: no pickled code from a checkpoint runs
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
-        reporter = next((cb for cb in callbacks if hasattr(cb, "collect")), None)
-        summary = reporter.collect(trainer, module, "completed", None) if reporter else {"status": "completed"}
-        failed = False
-    finally:
-        end_distributed(trainer, failed)
-    return summary, {
-        "trainer": trainer,
-        "module": module,
-        "datamodule": datamodule,
-        "callbacks": callbacks,
-    }
+    return trainer, module, datamodule, callbacks, loggers, ckpt
 
 
 def run(cfg: DictConfig) -> dict:
     """train() with the run-level guarantees: a failed summary on early errors, W&B closed."""
     from loralab.distributed import is_rank_zero
+    from loralab.errors import Interrupted
     from loralab.reporting.summary import SUMMARY_FILE, print_summary, write_failed_summary
 
     run_dir = Path(cfg.paths.run_dir)
@@ -142,7 +180,8 @@ def run(cfg: DictConfig) -> dict:
         # the RunSummary callback writes failures during fit; earlier ones are recorded here, unless
         # the directory holds an earlier run's summary (a resume that failed to start): that is kept
         if not (run_dir / SUMMARY_FILE).exists() and is_rank_zero():
-            write_failed_summary(run_dir, f"{type(exc).__name__}: {exc}")
+            status = "interrupted" if isinstance(exc, Interrupted) else "failed"
+            write_failed_summary(run_dir, f"{type(exc).__name__}: {exc}", status)
         raise
     finally:
         close_wandb(failed)
@@ -190,14 +229,22 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Console script `loralab-train`."""
+    from loralab.console import quiet_libraries, take_verbose_flag
     from loralab.secrets import check_command_line
 
+    sys.argv = [sys.argv[0], *take_verbose_flag(sys.argv[1:])]
+    quiet_libraries()  # before the libraries load: their bars and start-up lines off (--verbose: on)
     refused = check_command_line(sys.argv[1:])  # before Hydra saves the command line
     if refused:
         print(f"loralab: error: {refused}", file=sys.stderr)
         sys.exit(2)
     register_schemas()
-    precheck_composition(sys.argv[1:], CONF_DIR)
+    if any(a in HELP_FLAGS for a in sys.argv[1:]):
+        print_help(sys.argv[1:], CONF_DIR)
+        return
+    run_dir = precheck_composition(sys.argv[1:], CONF_DIR)
+    if run_dir is not None:  # the time-stamped directory is taken: this run gets its own
+        sys.argv.append(run_dir)
     _hydra_main()
 
 

@@ -15,8 +15,10 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     from omegaconf import OmegaConf
 
+    from loralab.console import quiet_libraries
     from loralab.train import train
 
+    quiet_libraries()
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m loralab.worker RUN_DIR/config.yaml (started by loralab-train)", file=sys.stderr)

@@ -123,3 +123,77 @@ def test_rerun_names_what_differs_from_the_original(runs, tmp_path):
     assert any(n.startswith("git commit differs: original 0000000000") for n in notes)
     torch_version = __import__("importlib.metadata").metadata.version("torch")
     assert f"package versions differ: torch 0.0.1 -> {torch_version}" in notes
+
+
+def test_compare_finds_runs_at_any_depth(runs, tmp_path):
+    """`loralab-compare outputs` as users type it: runs lie two levels down (<experiment>/<time>),
+    a sweep's jobs three; superseded jobs under replaced/ are left out."""
+    import shutil
+
+    outputs = tmp_path / "outputs"
+    shutil.copytree(runs["a"], outputs / "dates_lora" / "2026-01-01_00-00-00")
+    shutil.copytree(runs["b"], outputs / "sweep" / "multirun_x" / "0")
+    shutil.copytree(runs["b"], outputs / "sweep" / "multirun_x" / "replaced" / "0-abc")
+    proc = cli(tmp_path, "loralab.compare", "outputs", "--out", "report", "--no-plots")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader((tmp_path / "report" / "compare.csv").open()))
+    assert [r["run"] for r in rows] == ["dates_lora/2026-01-01_00-00-00", "sweep/multirun_x/0"]
+
+
+def test_a_damaged_adapter_is_reported_not_compared(runs, tmp_path):
+    import shutil
+
+    for name in ("a", "b"):
+        shutil.copytree(runs[name], tmp_path / "runs" / name)
+    weights = tmp_path / "runs" / "b" / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])  # truncated after the run
+    proc = cli(tmp_path, "loralab.compare", "runs", "--out", "report", "--no-plots")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["run"]: r for r in csv.DictReader((tmp_path / "report" / "compare.csv").open())}
+    assert rows["a"]["status"] == "completed" and rows["b"]["status"] == "damaged"
+    assert rows["b"]["val/exact_match"] == ""  # its figures describe an adapter that is gone
+
+
+def test_rerun_from_another_directory_finds_relative_data(tmp_path):
+    """A run given a relative data path; its rerun started elsewhere reads the same file."""
+    work = tmp_path / "project"
+    work.mkdir()
+    rows = [{"prompt": f"Q{i}?", "completion": f"A{i}"} for i in range(24)]
+    (work / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {**os.environ, "LORALAB_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    run_dir = tmp_path / "run"
+    from tests.conftest import TINY
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loralab.train",
+            *TINY,
+            "data=local",
+            "data.train_file=qa.jsonl",
+            f"hydra.run.dir={run_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=work,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = json.loads((run_dir / "run_meta.json").read_text())
+    assert saved["cwd"] == str(work)
+    from omegaconf import OmegaConf
+
+    assert OmegaConf.load(run_dir / "config.yaml").data.train_file == str(work / "qa.jsonl")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "loralab.rerun", str(run_dir), "--verify", "--out", str(tmp_path / "again")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=elsewhere,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "verify passed" in proc.stdout

@@ -44,22 +44,69 @@ def is_png(path: Path) -> bool:
 
 def test_failing_job_does_not_end_the_sweep(tmp_path):
     sweep = tmp_path / "sweep"
-    # job 0 fails (a target that matches nothing), job 1 must still run
-    proc = multirun(tmp_path, sweep, "variant.target_modules=[nope_proj],[q_proj]")
+    # job 0 fails while it runs (its data fits no example into 4 tokens), job 1 must still run
+    proc = multirun(tmp_path, sweep, "data.max_length=4,128")
     assert proc.returncode == 1, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("loralab: 1 of 2 sweep jobs failed (job 0: FreezeError: target module pattern 'nope_proj'")
+    assert last.startswith("loralab: 1 of 2 sweep jobs failed (job 0: DataError: all 64 training examples are longer")
     report = json.loads((sweep / "sweep_summary.json").read_text())
     assert report["jobs"] == 2 and report["failed"] == 1
     assert [r["status"] for r in report["runs"]] == ["failed", "completed"]
-    assert "variant.target_modules=[q_proj]" in report["runs"][1]["overrides"]
+    assert "data.max_length=128" in report["runs"][1]["overrides"]
     failed = summary(sweep / "0")
-    assert failed["status"] == "failed" and "nope_proj" in failed["error"]
+    assert failed["status"] == "failed" and "data.max_length=4" in failed["error"]
     done = summary(sweep / "1")
     assert done["status"] == "completed" and (sweep / "1" / "adapter" / "adapter_model.safetensors").is_file()
     # the report lists both jobs, the failed one with its status
     rows = list(csv.DictReader((sweep / "compare.csv").open()))
     assert [(r["run"], r["status"]) for r in rows] == [("0", "failed"), ("1", "completed")]
+
+
+def default_multirun(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """A multirun as the README writes it, without hydra.sweep.dir: outputs/ under tmp_path."""
+    env = {**os.environ, "LORALAB_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "loralab.train", "-m", *overrides], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+
+
+def test_a_sweep_across_variants_is_one_sweep(tmp_path):
+    """The README's sweep shape: jobs of different variants have different experiment names, and
+    still one directory, one report, one summary and one W&B group."""
+    proc = default_multirun(tmp_path, "variant=lora,vera", "variant.r=4,8", *TINY_WANDB)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweeps = sorted((tmp_path / "outputs").glob("*/multirun_*"))
+    assert len(sweeps) == 1 and sweeps[0].parent.name == "dates_lora+dates_vera", sweeps
+    sweep = sweeps[0]
+    report = json.loads((sweep / "sweep_summary.json").read_text())
+    assert report["jobs"] == 4 and report["failed"] == 0
+    rows = list(csv.DictReader((sweep / "compare.csv").open()))
+    assert [(r["variant"], r["r"]) for r in rows] == [("lora", "4"), ("lora", "8"), ("vera", "4"), ("vera", "8")]
+    groups = {run_facts(sweep / str(i))["group"] for i in range(4)}
+    assert groups == {f"dates_lora+dates_vera/{sweep.name}"}
+
+
+def test_a_failed_job_of_any_variant_fails_the_sweep(tmp_path):
+    """Job 3 (the second variant's) fails while it runs: the sweep's one summary counts it and
+    the command exits 1."""
+    proc = default_multirun(tmp_path, "variant=lora,vera", "data.max_length=128,4", "variant.r=4", *BASE)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("loralab: 2 of 4 sweep jobs failed")
+    (sweep,) = (tmp_path / "outputs").glob("*/multirun_*")
+    report = json.loads((sweep / "sweep_summary.json").read_text())
+    assert [r["status"] for r in report["runs"]] == ["completed", "failed", "completed", "failed"]
+
+
+def test_a_bad_value_in_any_job_refuses_the_sweep_before_it_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = multirun(tmp_path, sweep, "variant.r=4,8,0")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "loralab: error: sweep job 2 (model=tiny debug=fast logger=csv ~callbacks.progress=null variant.r=0): "
+        "variant.r must be an integer >= 1, got 0: set e.g. variant.r=8; nothing was run"
+    )
+    assert not sweep.exists()
 
 
 def test_grid_report_wandb_grouping_and_resume(tmp_path):
@@ -145,7 +192,7 @@ def test_relaunch_with_a_reordered_grid_keeps_every_run(tmp_path):
 
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = multirun(tmp_path, sweep, "hydra/launcher=parallel", "variant.target_modules=[q_proj],[nope_proj],[v_proj]")
+    proc = multirun(tmp_path, sweep, "hydra/launcher=parallel", "data.max_length=128,4,128")
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
     report = json.loads((sweep / "sweep_summary.json").read_text())
@@ -180,3 +227,23 @@ def test_optuna_sweeper_returns_the_best_val_loss(tmp_path):
     # the learning rate varied, so the report shows it as a column
     header = next(csv.reader((sweep / "compare.csv").open()))
     assert "optimizer.lr" in header
+
+
+def test_a_job_with_a_damaged_adapter_is_rebuilt_on_relaunch(tmp_path):
+    """A relaunch skips completed jobs only when their adapter is the one they recorded; a damaged
+    one is rebuilt from the job's newest checkpoint, to the same tensors."""
+    sweep = tmp_path / "sweep"
+    proc = multirun(tmp_path, sweep, "variant.r=2,4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    weights = sweep / "1" / "adapter" / "adapter_model.safetensors"
+    reference = {k: v.clone() for k, v in load_file(weights).items()}  # not a view of the file it truncates
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated after the sweep
+    untouched = (sweep / "0" / "adapter" / "adapter_model.safetensors").read_bytes()
+    proc = multirun(tmp_path, sweep, "variant.r=2,4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert f"sweep resume: {sweep / '0'} already completed this config" in log
+    assert f"sweep resume: {sweep / '1'} completed but its adapter is damaged" in log
+    rebuilt = load_file(weights)
+    assert rebuilt.keys() == reference.keys() and all((rebuilt[k] == reference[k]).all() for k in reference)
+    assert (sweep / "0" / "adapter" / "adapter_model.safetensors").read_bytes() == untouched

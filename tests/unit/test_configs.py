@@ -187,3 +187,15 @@ def test_sweep_experiments_carry_their_grid(experiment, params):
         cfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
     assert dict(cfg.hydra.sweeper.params) == params
     assert cfg.data.name == "word_sort" and cfg.experiment_name == experiment
+
+
+def test_help_lists_the_options_users_choose_not_the_schemas(capsys):
+    from loralab.cli import print_help
+    from loralab.train import CONF_DIR
+
+    print_help(["--help", "variant=vera"], CONF_DIR)
+    out = capsys.readouterr().out
+    assert "_schema_" not in out
+    assert "variant: delta_lora, dora, lora, lora_drop, lora_fa, loraplus, pissa, rslora, vera" in out
+    assert "model/quantization: fp4, int8, nf4" in out
+    assert "name: vera" in out and "--verbose" in out  # the config as composed, and loralab's flags

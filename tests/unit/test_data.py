@@ -118,11 +118,15 @@ def test_datamodule_local_jsonl_and_classification(tiny_tokenizer, tmp_path):
         ('{"question": "a", "answer": "b"}\n' * 5, {}, "format prompt_completion needs"),
         ("", {}, "cannot read data|empty"),
         (
-            '{"prompt": "a", "completion": "b"}\n' * 5,
+            "".join(f'{{"prompt": "a{i}", "completion": "b"}}\n' for i in range(5)),
             {"max_length": 1},
             "longer than data.max_length=1",
         ),
-        ('{"text": "a", "label": "x"}\n' * 5, {"format": "classification"}, "at least 2 labels"),
+        (
+            "".join(f'{{"text": "a{i}", "label": "x"}}\n' for i in range(5)),
+            {"format": "classification"},
+            "at least 2 labels",
+        ),
     ],
 )
 def test_data_errors(tiny_tokenizer, tmp_path, content, kw, fragment):

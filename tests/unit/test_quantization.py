@@ -109,6 +109,45 @@ def _quantized_adapter(bits: int, task: str = "causal_lm", **variant):
     return info, tokenizer, LoraModule(info, tokenizer, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
 
 
+def kernel_error(info, batch: dict) -> float:
+    """How far this machine's bitsandbytes k-bit layers are from a float matmul with the weights
+    they dequantize to, on the activations `batch` gives them: the max relative error over every
+    k-bit layer of the base. 0 where bitsandbytes dequantizes and multiplies in float (seen on AVX2
+    CPUs); about bf16's rounding where its CPU kernel takes another path (seen on AVX-512 with native
+    bf16); LLM.int8 also quantizes activations. Tolerances on the dequantized model are taken from
+    it, not from one machine's figures."""
+    from loralab.callbacks.merge_check import _logits
+
+    floats = dict(dequantized_copy(info.model).named_modules())
+    errors: list[float] = []
+
+    def compare(name: str):
+        def hook(module, args, out) -> None:
+            ref = floats[name](args[0]).float()
+            errors.append(((out.float() - ref).abs().max() / ref.abs().max()).item())
+
+        return hook
+
+    kbit = [(n, m) for n, m in info.model.named_modules() if type(m).__module__.startswith("bitsandbytes")]
+    hooks = [m.register_forward_hook(compare(n)) for n, m in kbit]
+    try:
+        info.model.eval()
+        with info.model.disable_adapter():
+            _logits(info.model, batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(errors) == len(kbit) > 0
+    return max(errors)
+
+
+def tolerance(info, batch: dict) -> float:
+    """The dequantized model's logits may differ from the k-bit model's by the kernel's own error,
+    compounded over the model's layers (a few times the per-layer figure); float rounding where the
+    kernel is exact."""
+    return max(1e-6, 10 * kernel_error(info, batch))
+
+
 @pytest.mark.parametrize("bits, layer", [(4, "Linear4bit"), (8, "Linear8bitLt")])
 def test_quantized_merge_check(tmp_path, bits, layer):
     info, tok, module = _quantized_adapter(bits)
@@ -119,8 +158,8 @@ def test_quantized_merge_check(tmp_path, bits, layer):
     assert report["passed"] and not report["vacuous"], report["message"]
     assert report["tolerance_name"] == f"quantized_{bits}bit" and report["error_includes_dequantization"]
     assert report["quantized_base"]["bits"] == bits and report["quantized_base"]["compute_dtype"] == "float32"
-    # 4-bit weights dequantize exactly; LLM.int8 also quantizes activations, so the error is its own
-    assert report["dequantization"]["max_rel_err"] <= (1e-6 if bits == 4 else 2e-2)
+    # the dequantized base computes what the k-bit base does, up to this machine's k-bit kernel
+    assert report["dequantization"]["max_rel_err"] <= tolerance(info, _batch(tok))
     assert report["merged"]["max_rel_err"] <= report["tolerance_rel"]
     assert report["reloaded"]["top1_agreement"] == 1.0
 
@@ -145,8 +184,11 @@ def test_requantizing_merge_would_fail_the_check(tmp_path):
     requantized = MergeCheck(run_dir=str(tmp_path), merged_dir=str(tmp_path / "m")).merge(info.model)
     dequantized = dequantized_copy(info.model).merge_and_unload()
     mask = batch["attention_mask"]
-    assert compare_logits(ref, _logits(requantized, batch), mask)["max_rel_err"] > 0.1
-    assert compare_logits(ref, _logits(dequantized, batch), mask)["max_rel_err"] < 1e-5
+    requantized_err = compare_logits(ref, _logits(requantized, batch), mask)["max_rel_err"]
+    dequantized_err = compare_logits(ref, _logits(dequantized, batch), mask)["max_rel_err"]
+    assert dequantized_err <= tolerance(info, batch)
+    # requantizing W0 + ΔW loses the adapter: an error far beyond the kernel's own
+    assert requantized_err > 0.1 and requantized_err > 10 * dequantized_err
 
 
 def test_quantized_classifier_head_is_restored_for_the_base(tmp_path):
@@ -159,7 +201,12 @@ def test_quantized_classifier_head_is_restored_for_the_base(tmp_path):
     report = MergeCheck(run_dir=str(tmp_path), merged_dir=str(tmp_path / "m"), save_merged=False).check(
         module, _batch(tok)
     )
-    assert report["passed"] and report["dequantization"]["max_abs_err"] == 0.0
+    # the float base's head is the original, bit for bit; the trained copy is the adapter's
+    original = info.model.base_model.model.score.original_module.weight
+    float_model = dequantized_copy(info.model)
+    with float_model.disable_adapter():
+        assert torch.equal(float_model.base_model.model.score.original_module.weight, original)
+    assert report["passed"] and report["dequantization"]["max_rel_err"] <= tolerance(info, _batch(tok))
     assert report["adapter_effect"]["max_abs_err"] > 0.1
 
 

@@ -21,7 +21,6 @@ and a full disk leaves the checkpoints already written as they were.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -36,31 +35,15 @@ import torch
 from loralab.distributed import clean_name, collectives_done, full_parameters
 from loralab.errors import DISK_FULL, CheckpointError, ConfigError, NonFiniteError
 from loralab.io import dir_bytes, write_dir, write_json
+from loralab.rundir import CHECKPOINT_META as META_FILE
+from loralab.rundir import STATE_FILE, checkpoint_state_file, file_hashes, state_digest, tensor_digest
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "training_state.ckpt"
 WORLD_KEY = "loralab_world_size"
 RNG_KEY = "loralab_rng_per_rank"
-META_FILE = "checkpoint.json"
 # the variant's own facts at that step (LoRA-drop's selection: read back on resume)
 VARIANT_FILE = "variant.json"
-
-
-def tensor_digest(tensor: torch.Tensor) -> str:
-    """SHA-256 of a tensor's dtype, shape and bytes."""
-    t = tensor.detach().cpu().contiguous().reshape(-1)
-    h = hashlib.sha256(f"{t.dtype}{tuple(tensor.shape)}".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def state_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """One SHA-256 over named tensors (sorted by name)."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        h.update(name.encode() + tensor_digest(tensors[name]).encode())
-    return h.hexdigest()
 
 
 def compare_digests(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], what: str) -> None:
@@ -154,15 +137,12 @@ def find_checkpoint(ckpt_path: str | None, resume: str | None, dirpath: str | Pa
     """The training-state file to resume from: an explicit path, or the newest complete and intact
     one under `dirpath` for resume=auto (None when there is none yet)."""
     if ckpt_path:
-        path = Path(ckpt_path)
-        if path.is_dir() and path.name != STATE_FILE:
-            path = path / STATE_FILE
-        if not path.exists():
-            raise ConfigError(f"ckpt_path not found: {ckpt_path}: pass a checkpoint directory or its {STATE_FILE}")
+        path = checkpoint_state_file(ckpt_path)
         if (path.parent / META_FILE).is_file():
             verify_checkpoint(path.parent)
         elif path.is_file():  # not one of loralab's: at least readable as data only
             load_state(path)
+        log.info("resuming from %s", path)
         return str(path)
     if resume == "auto":
         found = list_checkpoints(dirpath)
@@ -172,6 +152,7 @@ def find_checkpoint(ckpt_path: str | None, resume: str | None, dirpath: str | Pa
             except CheckpointError as exc:
                 log.warning("resume=auto: skipping %s: %s", candidate["path"], exc)
                 continue
+            log.info("resume=auto: resuming from %s", Path(candidate["path"]) / STATE_FILE)
             return str(Path(candidate["path"]) / STATE_FILE)
         log.warning(
             "resume=auto: no complete checkpoint under %s, starting from scratch (to continue an "
@@ -233,6 +214,7 @@ class AdapterCheckpoint(pl.Callback):
         self.last_saved: str | None = None
         self.adapter_bytes: int | None = None
         self.adapter_sha256: str | None = None
+        self.adapter_files: dict[str, str] | None = None
 
     # ---- what goes into training_state.ckpt -------------------------------------------------
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
@@ -430,6 +412,7 @@ class AdapterCheckpoint(pl.Callback):
                 write_dir(self.final_dir, lambda into: [shutil.move(str(f), into / f.name) for f in tmp.iterdir()])
                 tmp.rmdir()
                 self.adapter_bytes = dir_bytes(self.final_dir)
+                self.adapter_files = file_hashes(self.final_dir)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise _write_failed(exc, f"the final adapter to {self.final_dir}") from exc
@@ -441,6 +424,9 @@ class AdapterCheckpoint(pl.Callback):
             "adapter_dir": str(self.final_dir),
             "adapter_bytes": self.adapter_bytes,
             "adapter_sha256": self.adapter_sha256,
+            # every file of adapter/ by its SHA-256: readers (compare, rerun, a sweep's resume) tell
+            # a damaged copy from the saved one without loading it
+            "adapter_files": self.adapter_files,
             "last_checkpoint": self.last_saved,
             "best_checkpoint": self.best() if self.dirpath.exists() else None,
         }

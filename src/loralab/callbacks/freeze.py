@@ -3,6 +3,7 @@ and fail the run if a base weight is trainable when training starts."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from loralab.io import write_json
 from loralab.loggers import attach_file
 from loralab.variants.registry import AdapterInfo
 from loralab.variants.targets import layer_of
+
+log = logging.getLogger(__name__)
 
 
 def build_manifest(info: AdapterInfo) -> dict:
@@ -92,6 +95,7 @@ class Freeze(pl.Callback):
     def __init__(self, run_dir: str | None = None) -> None:
         self.run_dir = Path(run_dir) if run_dir else None
         self.manifest: dict = {}
+        self._logged = False
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         info: AdapterInfo = pl_module.adapter
@@ -103,6 +107,22 @@ class Freeze(pl.Callback):
 
     @rank_zero_only
     def _publish(self, trainer: pl.Trainer) -> None:
+        if self._logged:  # setup runs for validate and again for fit
+            return
+        self._logged = True
+        m = self.manifest
+        adapted = sum(entry["modules"] for entry in m["targets"].values())
+        log.info(
+            "%s adapter: %s of %s parameters train (%.3f%%), in %d adapted modules%s",
+            m["variant"],
+            f"{m['trainable_params']:,}",
+            f"{m['total_params']:,}",
+            100 * m["trainable_fraction"],
+            adapted,
+            f" and {sum(e['modules'] for e in m['modules_to_save'].values())} trained copies"
+            if m["modules_to_save"]
+            else "",
+        )
         if self.run_dir is not None:
             path = write_json(self.run_dir / "freeze_manifest.json", self.manifest)
             attach_file(trainer.loggers, path, self.run_dir)

@@ -23,6 +23,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from loralab.cli import continue_command
 from loralab.errors import Interrupted, NonFiniteError
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,7 @@ class StopOnSignal(pl.Callback):
             where = str(saver.last_saved if done else saver.save(trainer, pl_module, scored=scored))
         raise Interrupted(
             f"stopped by {signal.Signals(signum).name} after step {trainer.global_step}; checkpoint: {where}; "
-            f"continue with: loralab-train <same overrides> resume=auto hydra.run.dir={self.run_dir}",
+            f"continue with: {continue_command(self.run_dir)}",
             signum,
         )
 

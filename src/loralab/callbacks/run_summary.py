@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 import lightning.pytorch as pl
 
 from loralab.reporting.summary import peak_memory, write_summary
+
+log = logging.getLogger(__name__)
 
 SCALARS = (
     "trainable_params",
@@ -51,9 +54,22 @@ class RunSummary(pl.Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         if trainer.state.fn == "validate" and not self.after:
             self.before = metrics
+            self._report(trainer, "before training", metrics)
         elif trainer.state.fn == "fit" and not trainer.sanity_checking:
             self.after = metrics
             self.after_step = trainer.global_step
+            where = f"step {trainer.global_step}" + (f"/{trainer.max_steps}" if trainer.max_steps > 0 else "")
+            train_loss = trainer.callback_metrics.get("train/loss")
+            self._report(
+                trainer, where, {**({"train/loss": float(train_loss)} if train_loss is not None else {}), **metrics}
+            )
+
+    @staticmethod
+    def _report(trainer: pl.Trainer, where: str, metrics: dict) -> None:
+        """One line per validation, on the console and in train.log: how far the run is."""
+        if trainer.is_global_zero:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "val/ppl")
+            log.info("%s: %s", where, shown)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         # checkpoints are written right after a validation (before this callback's
@@ -108,7 +124,10 @@ class RunSummary(pl.Callback):
         if trainer.is_global_zero:
             from loralab.errors import Interrupted
 
-            status = "interrupted" if isinstance(exception, Interrupted) else "failed"
+            # a second Ctrl-C stops at once (Lightning exits after this hook): still an interruption
+            status = "interrupted" if isinstance(exception, (Interrupted, KeyboardInterrupt)) else "failed"
             message = f"{type(exception).__name__}: {exception}"
+            if isinstance(exception, KeyboardInterrupt):
+                message = f"KeyboardInterrupt: stopped at once by SIGINT (Ctrl-C) at step {trainer.global_step}"
             write_summary(self.run_dir, self.collect(trainer, pl_module, status, message))
             self.written = True

@@ -6,6 +6,7 @@ the dataclasses, whose `__post_init__` checks values. Both happen before any mod
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -14,6 +15,15 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from loralab.config.paths import resolve_paths
+from loralab.config.values import (
+    check_finite,
+    check_optimizer_values,
+    check_scheduler_values,
+    check_seed,
+    check_top_level,
+    check_trainer_values,
+)
 from loralab.errors import ConfigError
 
 BIASES = ("none", "all", "lora_only")
@@ -42,8 +52,10 @@ class AdapterVariantConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
             raise ConfigError(f"variant.r must be an integer >= 1, got {self.r!r}: set e.g. variant.r=8")
-        if not self.alpha > 0:
-            raise ConfigError(f"variant.alpha must be > 0, got {self.alpha!r}: set e.g. variant.alpha=16")
+        if not (self.alpha > 0 and math.isfinite(self.alpha)):
+            raise ConfigError(
+                f"variant.alpha must be a finite number > 0, got {self.alpha!r}: set e.g. variant.alpha=16"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"variant.dropout must be in [0, 1), got {self.dropout!r}: set e.g. variant.dropout=0.05")
         if self.bias not in BIASES:
@@ -138,6 +150,9 @@ class DataConfig:
             raise ConfigError(f"data.generation_examples must be >= 0, got {self.generation_examples}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        check_seed(self.seed, "data.seed")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.source == "builtin":
             from loralab.data.builtin import BUILTIN_TASKS
 
@@ -156,14 +171,31 @@ class DataConfig:
                 path = getattr(self, key)
                 if path is None:
                     continue
+                if Path(path).is_dir():
+                    raise ConfigError(
+                        f"data.{key} {path} is a directory: pass a file ({', '.join(sorted(LOCAL_SUFFIXES))})"
+                    )
                 if not Path(path).is_file():
                     raise ConfigError(f"data.{key} not found: {path}: check the path")
                 if Path(path).suffix.lower() not in LOCAL_SUFFIXES:
                     raise ConfigError(
                         f"data.{key} {path} has an unsupported suffix: use one of {sorted(LOCAL_SUFFIXES)}"
                     )
-        elif self.source == "hub" and not self.hub_id:
-            raise ConfigError("data.hub_id is not set: pass data.hub_id=org/dataset")
+            if self.val_file is not None and Path(self.val_file).samefile(self.train_file):
+                raise ConfigError(
+                    f"data.val_file is the training file ({self.val_file}): validating on the training data "
+                    "measures memorisation; pass a separate file, or leave data.val_file unset to hold out "
+                    "data.val_fraction of the training file"
+                )
+        elif self.source == "hub":
+            if not self.hub_id:
+                raise ConfigError("data.hub_id is not set: pass data.hub_id=org/dataset")
+            if self.val_split is not None and self.val_split == self.train_split:
+                raise ConfigError(
+                    f"data.val_split is the training split ({self.val_split!r}): validating on the training data "
+                    "measures memorisation; pass another split, or leave data.val_split unset to hold out "
+                    "data.val_fraction of the training split"
+                )
 
     @property
     def task(self) -> str:
@@ -225,6 +257,8 @@ def _build(schema: type, node: DictConfig, group: str) -> Any:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {group}: valid keys are {sorted(known)}")
+    for key, value in data.items():  # nan and inf pass range checks such as `alpha > 0`
+        check_finite(value, f"{group}.{key}")
     return schema(**data)
 
 
@@ -239,19 +273,29 @@ def validate(cfg: DictConfig) -> ValidatedConfig:
     if missing:
         key = sorted(missing)[0]
         raise ConfigError(f"{key} is required and not set: pass {key}=...")
+    resolve_paths(cfg)
+    check_top_level(cfg)
     spec = get_variant(cfg.variant.get("name"))
     variant = _build(spec.schema, cfg.variant, "variant")
     data = _build(DataConfig, cfg.data, "data")
     node = (cfg.get("model") or {}).get("quantization")
     quantization = None if node is None else _build(QuantizationConfig, node, "model.quantization")
-    seed = cfg.get("seed")
-    if not isinstance(seed, int):
-        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    if (cfg.get("model") or {}).get("seed") is not None:
+        check_seed(cfg.model.seed, "model.seed")
     if cfg.get("resume") not in (None, "auto"):
         raise ConfigError(f"resume must be auto or null, got {cfg.resume!r}: use ckpt_path=... for a path")
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path and not Path(str(ckpt_path)).expanduser().exists():
-        raise ConfigError(f"ckpt_path not found: {ckpt_path}: pass a checkpoint directory or its training_state.ckpt")
+    if cfg.get("ckpt_path") and cfg.get("resume") == "auto":
+        raise ConfigError(
+            "resume=auto and ckpt_path both say where to continue from: pass one (resume=auto: the newest "
+            "checkpoint of this run directory; ckpt_path: that checkpoint)"
+        )
+    if cfg.get("ckpt_path"):
+        from loralab.rundir import checkpoint_state_file
+
+        checkpoint_state_file(cfg.ckpt_path)
+    check_trainer_values(cfg.get("trainer"))
+    check_optimizer_values(cfg.get("optimizer"))
+    check_scheduler_values(cfg.get("scheduler"))
     optimizer = (cfg.get("optimizer") or {}).get("_target_", "")
     if optimizer == LORAFA_OPTIMIZER and spec.name != "lora_fa":
         raise ConfigError(

@@ -112,3 +112,62 @@ def check_local_file(path: str | Path, label_column: str | None = None) -> None:
                 lines += bool(_utf8(path, raw, n).strip())
         if lines < 2:  # a header and at least one row
             raise DataError(f"{path} holds no examples: point the data config at the data")
+
+
+# ---- the examples, once loaded: values the format can use ------------------------------------
+TEXT_TYPES = (str, int, float)  # numbers are written out as text (a completion of 42)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)  # CSV's empty cells read as nan
+
+
+def _text_problem(value: Any) -> str | None:
+    if _missing(value):
+        return "is missing (null or absent)"
+    if isinstance(value, bool) or not isinstance(value, TEXT_TYPES):
+        return f"is {_kind(value)}, not text"
+    return None
+
+
+def _chat_problem(value: Any) -> str | None:
+    if _missing(value):
+        return "is missing (null or absent)"
+    if not isinstance(value, list):
+        return f'is {_kind(value)}, not a list of {{"role": ..., "content": ...}} messages'
+    if not value:
+        return "is an empty list of messages"
+    for n, message in enumerate(value, 1):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            return f'has message {n} without a "role": each message is {{"role": ..., "content": ...}}'
+        if not isinstance(message.get("content"), str):
+            return f'has message {n} whose "content" is {_kind(message.get("content"))}, not text'
+    if value[-1]["role"] != "assistant":
+        role = value[-1]["role"]
+        return f"ends with a {role!r} message: the last message must be the assistant's answer the model learns"
+    return None
+
+
+def check_examples(columns: dict[str, list], kinds: dict[str, str], where: str) -> None:
+    """Every example has a value of the right kind in each column the format reads (`kinds`:
+    column -> text, chat or label), reported by the example's number in `where`. A null never
+    becomes the text "None"."""
+    check = {"text": _text_problem, "chat": _chat_problem, "label": _text_problem}
+    for column, kind in kinds.items():
+        for i, value in enumerate(columns[column], 1):
+            problem = check[kind](value)
+            if problem:
+                raise DataError(
+                    f"{where}: example {i}: {column!r} {problem}: fix that example or remove it"
+                    + (" (or set data.format to the data's format)" if kind == "chat" else "")
+                )
+
+
+def check_not_all_empty(values: list, column: str, where: str) -> int:
+    """Refuse a column whose every value is empty text (nothing to learn); return how many are empty."""
+    empty = sum(1 for v in values if isinstance(v, str) and not v.strip())
+    if values and empty == len(values):
+        raise DataError(
+            f"{where}: every {column!r} is empty: there is nothing to learn; check the data, or data.completion_column"
+        )
+    return empty

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from loralab.config.schemas import LOCAL_SUFFIXES, DataConfig
 from loralab.data import formatting
 from loralab.data.builtin import generate
-from loralab.data.checks import check_local_file
+from loralab.data.checks import check_examples, check_local_file, check_not_all_empty
 from loralab.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,7 @@ class LoraDataModule(pl.LightningDataModule):
         self.stats: dict = {}
         self.fingerprint: str | None = None
         self.generation_set: list[dict] = []
+        self.val_in_train = 0
 
     # ---- loading -------------------------------------------------------------------------
     def _load_raw(self) -> tuple[Any, Any]:
@@ -170,14 +171,75 @@ class LoraDataModule(pl.LightningDataModule):
             raise DataError(f"cannot read data from {where}: {first}") from exc
         if len(train) == 0:
             raise DataError("the training data is empty: check data.train_file / data.hub_id")
+        where = {"train": self._where("train"), "validation": self._where("validation")}
+        for split, ds in (("train", train), ("validation", val)):
+            if ds is not None:  # numbered as in the file, before any split or selection
+                self._check_examples(ds, split, where[split])
         if val is None:
+            if len(train) < 2:
+                raise DataError(
+                    f"{where['train']} holds {len(train)} example: too few to hold out data.val_fraction="
+                    f"{cfg.val_fraction} of it for validation; add examples, or pass data.val_file"
+                )
             split = train.train_test_split(test_size=cfg.val_fraction, seed=cfg.seed)
             train, val = split["train"], split["test"]
         if cfg.num_train:
             train = train.select(range(min(cfg.num_train, len(train))))
         if cfg.num_val:
             val = val.select(range(min(cfg.num_val, len(val))))
+        self._check_overlap(train, val)
         return train, val
+
+    def _where(self, split: str) -> str:
+        """How messages name a split's data: its file, or the hub dataset and split."""
+        cfg = self.cfg
+        if cfg.source == "local":
+            return str(cfg.val_file if split == "validation" and cfg.val_file else cfg.train_file)
+        if cfg.source == "hub":
+            return f"{cfg.hub_id} ({cfg.val_split if split == 'validation' and cfg.val_split else cfg.train_split})"
+        return f"built-in task {cfg.builtin_task} ({split})"
+
+    def _check_examples(self, ds: Any, split: str, where: str) -> None:
+        """Columns first, then every example's values; an all-empty completion column is refused
+        and a few empty ones are counted."""
+        self._check_columns(ds, split)
+        cfg = self.cfg
+        kinds = {
+            "prompt_completion": {cfg.prompt_column: "text", cfg.completion_column: "text"},
+            "chat": {cfg.messages_column: "chat"},
+            "classification": {cfg.text_column: "text", cfg.label_column: "label"},
+        }[cfg.format]
+        columns = {c: ds[c] for c in kinds}
+        check_examples(columns, kinds, where)
+        if cfg.format == "prompt_completion":
+            empty = check_not_all_empty(columns[cfg.completion_column], cfg.completion_column, where)
+            if empty:
+                log.warning(
+                    "%s: %d of %d completions are empty (only the end token is learnt there)", where, empty, len(ds)
+                )
+
+    def _example_keys(self, ds: Any) -> list[str]:
+        columns = [ds[c] for c in self._required_columns()]
+        return [json.dumps(values, sort_keys=True, default=str) for values in zip(*columns, strict=True)]
+
+    def _check_overlap(self, train: Any, val: Any) -> None:
+        """Validation examples that are also training examples measure memorisation: all of them is
+        refused (a copy of the training data), some are counted in a warning."""
+        seen = set(self._example_keys(train))
+        shared = sum(key in seen for key in self._example_keys(val))
+        if shared and shared == len(val):
+            raise DataError(
+                f"all {len(val)} validation examples also appear in the training data: validation would measure "
+                "memorisation; pass a separate data.val_file (or data.val_split), or remove the duplicates"
+            )
+        if shared:
+            log.warning(
+                "%d of %d validation examples also appear in the training data: val metrics overstate how well "
+                "the adapter generalises",
+                shared,
+                len(val),
+            )
+        self.val_in_train = shared
 
     def _required_columns(self) -> list[str]:
         cfg = self.cfg
@@ -189,12 +251,24 @@ class LoraDataModule(pl.LightningDataModule):
 
     def _check_columns(self, ds: Any, split: str) -> None:
         missing = [c for c in self._required_columns() if c not in ds.column_names]
-        if missing:
-            raise DataError(
-                f"{split} data has columns {ds.column_names} but format {self.cfg.format} needs "
-                f"{missing}: rename them in the data or set data.<kind>_column (e.g. "
-                f"data.prompt_column=question)"
+        if not missing:
+            return
+        cfg = self.cfg
+        fits = [
+            fmt
+            for fmt, needs in (
+                ("chat", [cfg.messages_column]),
+                ("classification", [cfg.text_column, cfg.label_column]),
+                ("prompt_completion", [cfg.prompt_column, cfg.completion_column]),
             )
+            if fmt != cfg.format and all(c in ds.column_names for c in needs)
+        ]
+        fix = (
+            f"its columns fit data.format={fits[0]}: set that"
+            if fits
+            else "rename them in the data or set data.<kind>_column (e.g. data.prompt_column=question)"
+        )
+        raise DataError(f"{split} data has columns {ds.column_names} but format {cfg.format} needs {missing}: {fix}")
 
     def _label_ids(self, train: Any, val: Any) -> dict | None:
         if self.cfg.format != "classification":
@@ -252,8 +326,6 @@ class LoraDataModule(pl.LightningDataModule):
         if self.train_set is not None:
             return
         train, val = self._load_raw()
-        self._check_columns(train, "train")
-        self._check_columns(val, "validation")
         self.fingerprint = fingerprint_rows(list(train) + list(val))
         label_ids = self._label_ids(train, val)
         stats: dict = {}
@@ -375,4 +447,9 @@ class LoraDataModule(pl.LightningDataModule):
 
     def describe(self) -> dict:
         """What run metadata records about the data."""
-        return {"fingerprint": self.fingerprint, "stats": self.stats, "labels": self.labels}
+        return {
+            "fingerprint": self.fingerprint,
+            "stats": self.stats,
+            "labels": self.labels,
+            "val_examples_in_train": self.val_in_train,
+        }

@@ -150,10 +150,20 @@ class Pretrained(ModelSource):
         _dtype(dtype)
         # hub ids are "org/name"; anything else with a path shape must exist locally
         pathlike = self.name_or_path.startswith((".", "/", "~")) or self.name_or_path.count("/") > 1
+        if pathlike and Path(self.name_or_path).is_file():
+            raise ModelError(
+                f"model.name_or_path {self.name_or_path} is a file: pass the model's directory (the one holding "
+                "config.json and the weights)"
+            )
         if pathlike and not Path(self.name_or_path).expanduser().is_dir():
             raise ModelError(
                 f"model path not found: {self.name_or_path}: pass an existing directory or a hub id "
                 "(org/name) as model.name_or_path"
+            )
+        if Path(self.name_or_path).is_dir() and not (Path(self.name_or_path) / "config.json").is_file():
+            raise ModelError(
+                f"model directory {self.name_or_path} has no config.json: pass a transformers model directory "
+                "(what save_pretrained writes: config.json, the weights, the tokenizer)"
             )
 
     def _kwargs(self) -> dict:
@@ -192,7 +202,10 @@ class Pretrained(ModelSource):
             return AutoConfig.from_pretrained(self.name_or_path, **self._kwargs(), **_task_kwargs(task, labels))
         except ValueError as exc:
             if "trust_remote_code" not in str(exc):
-                raise
+                raise ModelError(
+                    f"cannot load the config of {self.name_or_path!r} ({str(exc).splitlines()[0]}): check "
+                    "model.name_or_path"
+                ) from exc
             raise ModelError(
                 f"model {self.name_or_path!r} comes with its own Python code (auto_map in its config.json), which "
                 "loralab runs only when told: read that code, then set model.trust_remote_code=true"
@@ -314,10 +327,14 @@ class FromConfig(ModelSource):
         dtype: str = "float32",
         seed: int | None = None,
         quantization: Any = None,
+        cache_dir: str | None = None,
     ) -> None:
         from omegaconf import OmegaConf
 
         self.config = OmegaConf.to_container(config) if OmegaConf.is_config(config) else dict(config)
+        # with a seed the base is the same in every run: it is saved there once, so that a saved
+        # adapter names a base it can be loaded onto (adapter_config.json's base_model_name_or_path)
+        self.cache_root = Path(cache_dir).expanduser() / "models" if cache_dir and seed is not None else None
         if "model_type" not in self.config:
             raise ModelError("model.config needs a model_type (e.g. llama)")
         self.tokenizer_ref = tokenizer
@@ -348,10 +365,31 @@ class FromConfig(ModelSource):
     def load_model(self, task: str, labels: list[str] | None = None) -> torch.nn.Module:
         model = self._random_model(task, labels)
         if self.quantization is None:
+            if self.cache_root is not None:
+                # where from_pretrained would have loaded it from (peft records it in adapter_config.json)
+                model.name_or_path = model.config._name_or_path = str(self._saved(model, task, labels))
             return model
         with tempfile.TemporaryDirectory(prefix="loralab-") as tmp:
             model.save_pretrained(tmp)
             return self._from_pretrained(tmp, task, labels)
+
+    def _saved(self, model: torch.nn.Module, task: str, labels: list[str] | None) -> Path:
+        """The base's directory in the cache, written the first time (transformers' format)."""
+        import json
+
+        key = json.dumps([self.config, self.seed, self.dtype, task, labels, str(self.tokenizer_ref)], sort_keys=True)
+        target = self.cache_root / f"{self.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+        if not (target / "config.json").is_file():
+            self.cache_root.mkdir(parents=True, exist_ok=True)
+            tmp = self.cache_root / f".tmp-{target.name}-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(tmp)
+            self.load_tokenizer().save_pretrained(tmp)
+            try:
+                os.rename(tmp, target)
+            except OSError:  # another process saved the same base first
+                shutil.rmtree(tmp, ignore_errors=True)
+        return target
 
     def _random_model(self, task: str, labels: list[str] | None) -> torch.nn.Module:
         config = self.load_config(task, labels)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import platform
 import socket
 import subprocess
@@ -166,6 +167,8 @@ def write_run_meta(run_dir: str | Path, cfg: DictConfig, model: dict, data: dict
     meta = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": sys.argv,
+        # relative paths on the command line were relative to this directory
+        "cwd": os.getcwd(),
         "overrides": hydra_overrides(),
         "config_hash": config_hash(cfg),
         "config_file": RESOLVED_CONFIG,
@@ -182,7 +185,7 @@ def write_run_meta(run_dir: str | Path, cfg: DictConfig, model: dict, data: dict
             "platform": platform.platform(),
             "python": platform.python_version(),
             "processor": platform.processor() or platform.machine(),
-            "cpu_count": __import__("os").cpu_count(),
+            "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         },

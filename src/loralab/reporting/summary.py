@@ -3,10 +3,12 @@ its failed summary from here too: torch is imported only where CUDA's peak memor
 
 from __future__ import annotations
 
+import io
 import resource
 import sys
 from pathlib import Path
 
+from loralab.console import to_log_files
 from loralab.io import write_json
 
 SUMMARY_FILE = "summary.json"
@@ -54,9 +56,9 @@ def write_summary(run_dir: str | Path, summary: dict) -> Path:
     return write_json(Path(run_dir) / SUMMARY_FILE, summary)
 
 
-def write_failed_summary(run_dir: str | Path, error: str) -> Path:
-    """A failure before training started: status and error only."""
-    return write_summary(run_dir, {"status": "failed", "error": error, "run_dir": str(run_dir)})
+def write_failed_summary(run_dir: str | Path, error: str, status: str = "failed") -> Path:
+    """A failure (or an interruption) before training started: status and error only."""
+    return write_summary(run_dir, {"status": status, "error": error, "run_dir": str(run_dir)})
 
 
 def _fmt(value: object) -> str:
@@ -97,7 +99,18 @@ def print_summary(summary: dict) -> None:
     table.add_row("tokens/s (train)", _fmt(summary.get("tokens_per_s")), "")
     table.add_row("peak memory (RSS MB)", _fmt(summary.get("peak_rss_mb")), "")
     table.add_row("wall time (s)", _fmt(summary.get("wall_time_s")), "")
-    for key in ("adapter_dir", "merged_dir", "run_dir"):
-        if summary.get(key):
-            table.add_row(key.replace("_", " "), str(summary[key]), "")
+    if summary.get("error"):
+        table.add_row("error", str(summary["error"]), "")
+    # paths on lines of their own, whole: a table cell would cut them at the console's width
+    # (80 columns whenever the output is a log file, not a terminal)
+    paths = [
+        f"{key.replace('_', ' ')}: {summary[key]}"
+        for key in ("adapter_dir", "merged_dir", "run_dir")
+        if summary.get(key)
+    ]
     Console().print(table)
+    if paths:
+        print("\n".join(paths), flush=True)
+    plain = Console(width=120, record=True, file=io.StringIO(), color_system=None)
+    plain.print(table)
+    to_log_files("run summary\n" + plain.export_text() + "\n".join(paths))

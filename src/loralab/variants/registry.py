@@ -83,15 +83,24 @@ class VariantSpec:
     check: Callable[[Any, Any], None] | None = None
     make_optimizer: Callable[[AdapterInfo, Callable[..., torch.optim.Optimizer]], torch.optim.Optimizer] | None = None
     check_model: Callable[[torch.nn.Module, Any], None] | None = None
+    # LoRA's rank cannot exceed a target's min(d_in, d_out), so a larger r is refused; VeRA's r is
+    # the width of its shared random projections and may exceed it
+    rank_at_most_width: bool = True
 
     def check_targets(self, model: torch.nn.Module, cfg: Any) -> None:
         """Check the variant's targets against the model's module tree (a meta-device skeleton
-        will do): every pattern matches, and the variant's own rules (VeRA: linear only) hold."""
-        from loralab.variants.targets import check_targets
+        will do): every pattern matches modules an adapter can wrap, none of them shares its
+        weight with another module, r fits them, and the variant's own rules (VeRA: linear only)
+        hold."""
+        from loralab.variants.targets import check_adaptable, check_rank, check_targets, check_tied
 
-        check_targets(model, cfg)
+        targets, saves = check_targets(model, cfg)
+        check_adaptable(model, targets)
         if self.check_model is not None:
             self.check_model(model, cfg)
+        check_tied(model, targets, saves)
+        if self.rank_at_most_width:
+            check_rank(model, targets, cfg.r)
 
 
 _REGISTRY: dict[str, VariantSpec] = {}

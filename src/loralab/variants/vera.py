@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from loralab.config.schemas import AdapterVariantConfig
+from loralab.config.values import check_seed
 from loralab.errors import ConfigError
 from loralab.variants.lora import peft_task
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
@@ -40,6 +41,7 @@ class VeraVariantConfig(AdapterVariantConfig):
                 "variant.save_projection=false makes the adapter depend on a random generator reproducing "
                 "the projections bit for bit elsewhere: keep variant.save_projection=true"
             )
+        check_seed(self.projection_prng_key, "variant.projection_prng_key")
         if not self.d_initial > 0:
             raise ConfigError(f"variant.d_initial must be > 0, got {self.d_initial!r}: peft's default is 0.1")
 
@@ -123,4 +125,8 @@ def is_trainable(name: str, cfg: VeraVariantConfig) -> bool:
     return trains(name, _TRAINABLE, cfg.bias)
 
 
-SPEC = register_variant(VariantSpec("vera", VeraVariantConfig, build, is_trainable, check_model=check_linear_targets))
+SPEC = register_variant(
+    VariantSpec(
+        "vera", VeraVariantConfig, build, is_trainable, check_model=check_linear_targets, rank_at_most_width=False
+    )
+)
