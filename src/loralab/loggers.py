@@ -79,8 +79,9 @@ def wandb_logger(
     logger = WandbLogger(save_dir=save_dir, offline=offline, **kwargs)
     # Lightning passes anonymous=None to wandb.init, which W&B answers with a deprecation warning on
     # every run ("The anonymous setting has no effect"): leave the setting out
-    if logger._wandb_init.get("anonymous") is None:
-        logger._wandb_init.pop("anonymous", None)
+    init = getattr(logger, "_wandb_init", None)  # the arguments Lightning keeps for wandb.init
+    if isinstance(init, dict) and init.get("anonymous", "unset") is None:
+        init.pop("anonymous")
     return logger
 
 
