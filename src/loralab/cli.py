@@ -160,25 +160,38 @@ def precheck_composition(argv: list[str], conf_dir: str) -> str | None:
 
 
 def check_before_run(cfg, run_dir: str) -> None:
-    """Everything that can be known before a run writes or loads anything: the config's values,
-    the model's location, where the run writes (its directory must not hold a run that trained,
-    and it and the cache must be writable), and the targets against the model's module tree
-    (built without weights)."""
-    from loralab.config import validate
+    """Everything that can be known before a run writes or loads anything: where the run writes
+    (its directory must not hold a run that trained, and it and the cache must be writable; the
+    first run's model conversion writes the cache), then the config itself (check_config)."""
     from loralab.rundir import check_new_run_dir, check_writable
+
+    check_new_run_dir(run_dir, cfg.get("resume"), cfg.get("ckpt_path"))
+    check_writable(run_dir, "hydra.run.dir")
+    check_writable(cfg.paths.cache_dir, "paths.cache_dir (LORALAB_CACHE)")
+    check_config(cfg)
+
+
+def check_config(cfg, skeletons: dict | None = None):
+    """The checks of one run's config, as a single run and every job of a sweep get them: its
+    values, the W&B environment, the model's location, and the targets against the model's module
+    tree (built without weights; `skeletons` keeps one per model across a sweep's jobs). Returns
+    the typed config."""
+    from omegaconf import OmegaConf
+
+    from loralab.config import validate
+    from loralab.variants import get_variant
 
     typed = validate(cfg)
     if any("wandb" in str((node or {}).get("_target_", "")) for node in (cfg.get("logger") or {}).values()):
         from loralab.loggers import check_wandb_env
 
         check_wandb_env()
-    source = _check_model_location(cfg)
-    check_new_run_dir(run_dir, cfg.get("resume"), cfg.get("ckpt_path"))
-    check_writable(run_dir, "hydra.run.dir")
-    check_writable(cfg.paths.cache_dir, "paths.cache_dir (LORALAB_CACHE)")
-    from loralab.variants import get_variant
-
-    get_variant(typed.variant.name).check_targets(source.skeleton(typed.data.task), typed.variant)
+    skeletons = {} if skeletons is None else skeletons
+    key = (OmegaConf.to_yaml(cfg.model, resolve=True), typed.data.task)
+    if key not in skeletons:
+        skeletons[key] = _check_model_location(cfg).skeleton(typed.data.task)
+    get_variant(typed.variant.name).check_targets(skeletons[key], typed.variant)
+    return typed
 
 
 def _check_model_location(cfg):

@@ -198,24 +198,14 @@ def check_jobs(config: DictConfig, jobs: list[list[str]]) -> list[str]:
 
 
 def _check_job(job_cfg: DictConfig, num: int, job: list[str], skeletons: dict) -> str:
-    """One job's checks (see check_jobs); its experiment name."""
-    from hydra.utils import instantiate
-
-    from loralab.config import validate
+    """One job's checks (those of a single run: loralab.cli.check_config); its experiment name."""
+    from loralab.cli import check_config
     from loralab.errors import LoralabError
-    from loralab.variants import get_variant
 
     try:
-        typed = validate(job_cfg)
-        key = (OmegaConf.to_yaml(job_cfg.model, resolve=True), typed.data.task)
-        if key not in skeletons:  # one module tree per model: jobs mostly vary the adapter
-            skeletons[key] = instantiate(job_cfg.model).skeleton(typed.data.task)
-        get_variant(typed.variant.name).check_targets(skeletons[key], typed.variant)
-    except Exception as exc:
-        error = exc if isinstance(exc, LoralabError) else exc.__cause__
-        if not isinstance(error, LoralabError):
-            raise
-        raise type(error)(f"sweep job {num} ({' '.join(job)}): {error}; nothing was run") from exc
+        check_config(job_cfg, skeletons)
+    except LoralabError as error:
+        raise type(error)(f"sweep job {num} ({' '.join(job)}): {error}; nothing was run") from error
     return str(job_cfg.experiment_name)
 
 
