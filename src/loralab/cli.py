@@ -190,7 +190,7 @@ def check_config(cfg, skeletons: dict | None = None):
     key = (OmegaConf.to_yaml(cfg.model, resolve=True), typed.data.task)
     if key not in skeletons:
         skeletons[key] = _check_model_location(cfg).skeleton(typed.data.task)
-    get_variant(typed.variant.name).check_targets(skeletons[key], typed.variant)
+    get_variant(typed.variant.name).check_targets(skeletons[key], typed.variant, typed.data.task)
     return typed
 
 

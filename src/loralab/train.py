@@ -55,6 +55,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
             if trainer.interrupted:  # Lightning ends a Ctrl-C it caught itself with exit(1)
                 raise _stopped_at_once(trainer, callbacks) from None
             raise
+        freeze = next((cb for cb in callbacks if hasattr(cb, "check_unchanged")), None)
+        if freeze is not None:
+            freeze.check_unchanged(module.adapter)
         reporter = next((cb for cb in callbacks if hasattr(cb, "collect")), None)
         summary = reporter.collect(trainer, module, "completed", None) if reporter else {"status": "completed"}
         failed = False
@@ -94,6 +97,7 @@ def _setup(cfg: DictConfig, typed) -> tuple:
     from loralab.distributed import env_rank, is_rank_zero
     from loralab.io import set_aside
     from loralab.launcher import adopt_launcher
+    from loralab.models.checks import check_causal
     from loralab.module import LoraModule
     from loralab.reporting.run_meta import RESOLVED_CONFIG, flat_config, write_run_meta
     from loralab.reporting.summary import reset_peak_memory
@@ -116,7 +120,7 @@ def _setup(cfg: DictConfig, typed) -> tuple:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     source = instantiate(cfg.model)  # cheap: checks the model's location
     spec = get_variant(typed.variant.name)
-    spec.check_targets(source.skeleton(typed.data.task), typed.variant)  # the module tree, no weights
+    spec.check_targets(source.skeleton(typed.data.task), typed.variant, typed.data.task)  # the module tree, no weights
     ckpt = find_checkpoint(cfg.ckpt_path, cfg.resume, run_dir / "checkpoints")
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     if ckpt is not None and zero:
@@ -131,7 +135,10 @@ def _setup(cfg: DictConfig, typed) -> tuple:
     if zero:
         write_run_meta(run_dir, cfg, source.describe(), datamodule.describe())
 
+    source.check_head(typed.data.task, datamodule.labels)
     base = source.load_model(typed.data.task, datamodule.labels)  # 3. model + variant
+    if typed.data.task == "causal_lm":
+        check_causal(base, source.name)
     gpu = cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto") and torch.cuda.is_available()
     context = BuildContext(
         datamodule, run_dir if zero else None, Path(ckpt).parent if ckpt else None, cfg.seed, "cuda" if gpu else "cpu"

@@ -100,6 +100,17 @@ def _model_dir(tmp: Path, pad: bool, eos: bool, safetensors: bool) -> None:
     tokenizer.save_pretrained(out)
 
 
+def _family(family: str, task: str) -> Callable[[Path, dict], None]:
+    """A tiny model of another family (tests/families.py) saved under {tmp}/<family>-<task>."""
+
+    def write(tmp: Path, runs: dict) -> None:
+        from tests.families import save_family
+
+        save_family(family, task, tmp)
+
+    return write
+
+
 def _custom_code(tmp: Path, runs: dict) -> None:
     """A model directory whose config names code of its own; importing that code leaves a mark."""
     out = tmp / "model"
@@ -636,6 +647,14 @@ CASES: list[Case] = [
         "loralab: error: target module pattern 'nope_proj' matches no module in the model: fix variant.target_modules (list the model's modules with model.named_modules())",
     ),
     Case(
+        "a target only inside the classification head",
+        "module tree",
+        T,
+        ["model=hub", "model.name_or_path={tmp}/roberta-seq_cls", "data=topics", "variant.target_modules=[out_proj]"],
+        "loralab: error: target module pattern 'out_proj' selects only modules that train in full as modules_to_save (classifier.out_proj), and peft puts no adapter inside those: target other modules, or drop the entry from variant.modules_to_save",
+        setup=_family("roberta", "seq_cls"),
+    ),
+    Case(
         "modules_to_save matches nothing",
         "module tree",
         T,
@@ -1132,6 +1151,24 @@ CASES: list[Case] = [
         ["model=hub", "model.name_or_path={tmp}/model"],
         "loralab: error: model '{tmp}/model' comes with its own Python code (auto_map in its config.json), which loralab runs only when told: read that code, then set model.trust_remote_code=true",
         setup=_custom_code,
+    ),
+    Case(
+        "an encoder trained as a causal LM",
+        "models",
+        T,
+        ["model=hub", "model.name_or_path={tmp}/bert-causal_lm"],
+        "loralab: error: model {tmp}/bert-causal_lm (BertLMHeadModel) lets each token see the tokens after it (changing later tokens changes the logits of earlier ones): as a causal LM it would learn from the answer it must predict; train it on a classification task (data.format=classification), or use a decoder model",
+        setup=_family("bert", "causal_lm"),
+        writes_nothing=False,
+    ),
+    Case(
+        "a classification head for other labels",
+        "models",
+        T,
+        ["model=hub", "model.name_or_path={tmp}/roberta-seq_cls", "data=topics"],
+        "loralab: error: model {tmp}/roberta-seq_cls already has a classification head (RobertaForSequenceClassification) for 2 labels (label_0, label_1), and the data has 4 (food, sports, technology, weather): train on data with its labels, or start from the checkpoint without that head",
+        setup=_family("roberta", "seq_cls"),
+        writes_nothing=False,
     ),
     # ---- resuming ----
     Case(

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -60,6 +61,32 @@ def compare_digests(expected: dict[str, torch.Tensor], found: dict[str, torch.Te
         raise CheckpointError(
             f"{what} does not read back as saved: {'; '.join(parts)}: the disk may be full or failing; "
             "the previous checkpoint is kept"
+        )
+
+
+def adapter_key(name: str) -> str:
+    """The key under which peft saves a trainable parameter of the model (the LightningModule's
+    `model.` prefix and peft's adapter name removed; a trained copy of a module is saved under the
+    module's own name; DoRA's magnitude without `.weight`)."""
+    name = name.removeprefix("model.")
+    name = name.replace(".modules_to_save.default.", ".")
+    name = re.sub(r"\.lora_magnitude_vector\.default\.weight$", ".lora_magnitude_vector", name)
+    return re.sub(r"\.default(?=\.|$)", "", name)
+
+
+def check_adapter_keys(found: set[str], written: set[str], trainable: list[str], what: str) -> None:
+    """Raise CheckpointError unless a saved adapter holds every tensor the run trains and exactly
+    the keys peft gives the model (`written`): an adapter that lacks its classification head, or
+    holds keys of another model, is never kept."""
+    needed = written | {adapter_key(n) for n in trainable}
+    missing, extra = sorted(needed - found), sorted(found - needed)
+    if missing or extra:
+        parts = [
+            f"{len(v)} {k} (e.g. {', '.join(v[:2])})" for k, v in (("missing", missing), ("unexpected", extra)) if v
+        ]
+        raise CheckpointError(
+            f"{what} does not hold the adapter the run trains: {'; '.join(parts)} key(s): it would not load onto the "
+            "base as trained; the previous checkpoint is kept"
         )
 
 
@@ -371,10 +398,10 @@ class AdapterCheckpoint(pl.Callback):
             return expected, None
         try:
             found = read_adapter_file(directory)
+            check_adapter_keys(set(found), set(written), list(expected), f"the adapter in {directory.name}")
             if pl_module.adapter.save_adapter is None:
                 compare_digests(written, found, f"the adapter in {directory.name}")
-            elif not found:  # a variant that converts on save (PiSSA, Delta-LoRA): not the live tensors
-                raise CheckpointError(f"the adapter in {directory.name} is empty after saving: the save failed")
+            # (a variant that converts on save, PiSSA or Delta-LoRA, writes other values than the live ones)
         except CheckpointError:
             shutil.rmtree(directory, ignore_errors=True)
             raise

@@ -20,14 +20,51 @@ from loralab.variants.targets import layer_of
 log = logging.getLogger(__name__)
 
 
+def _wrapped(info: AdapterInfo) -> tuple[set[str], set[str]]:
+    """The modules peft gave an adapter layer and those it trains in full (ModulesToSaveWrapper),
+    by their names in the base model."""
+    from peft.utils import ModulesToSaveWrapper
+
+    adapted, saved = set(), set()
+    for name, module in info.model.get_base_model().named_modules():
+        if isinstance(module, ModulesToSaveWrapper):
+            saved.add(name)
+        elif isinstance(module, BaseTunerLayer) and not any(name.startswith(f"{s}.") for s in saved):
+            adapted.add(name)
+    return adapted, saved
+
+
+def check_agreement(info: AdapterInfo) -> None:
+    """What peft built must be what loralab resolved and checked before loading: the same adapted
+    modules and the same modules trained in full."""
+    adapted, saved = _wrapped(info)
+    for what, built, resolved in (
+        ("adapted", adapted, {n for names in info.target_matches.values() for n in names}),
+        (
+            "trained in full (modules_to_save)",
+            saved,
+            {n for names in info.modules_to_save_matches.values() for n in names},
+        ),
+    ):
+        if built != resolved:
+            extra, missing = sorted(built - resolved), sorted(resolved - built)
+            raise FreezeError(
+                f"peft {what} other modules than loralab resolved from variant.target_modules and "
+                f"variant.modules_to_save (peft only: {extra[:3] or 'none'}; loralab only: {missing[:3] or 'none'}): "
+                "name the modules explicitly in the variant config"
+            )
+
+
 def build_manifest(info: AdapterInfo) -> dict:
-    """Which modules each target pattern adapted, per layer, with trainable counts."""
+    """Which modules each target pattern adapted, per layer, with trainable counts; which modules
+    train in full, and why (variant.modules_to_save, or the classification head)."""
+    check_agreement(info)
     base = info.model.get_base_model()
     params = list(info.model.named_parameters())
     trainable = sum(p.numel() for _, p in params if p.requires_grad)
     total = sum(p.numel() for _, p in params)
 
-    def group(matches: dict[str, list[str]], must_adapt: bool) -> dict:
+    def group(matches: dict[str, list[str]]) -> dict:
         out = {}
         for pattern, names in matches.items():
             layers: dict[str, list[str]] = {}
@@ -35,29 +72,26 @@ def build_manifest(info: AdapterInfo) -> dict:
             seen: set[int] = set()  # a Parameter shared by several modules (LoRA-drop) counts once
             for name in names:
                 module = base.get_submodule(name)
-                if must_adapt and not isinstance(module, BaseTunerLayer):
-                    raise FreezeError(
-                        f"module {name} matched {pattern!r} but received no adapter (its type "
-                        f"{type(module.get_base_layer() if hasattr(module, 'get_base_layer') else module).__name__} "
-                        "is not supported): narrow variant.target_modules"
-                    )
                 layers.setdefault(layer_of(name), []).append(name)
                 fresh = [p for p in module.parameters() if p.requires_grad and id(p) not in seen]
                 seen.update(id(p) for p in fresh)
                 count += sum(p.numel() for p in fresh)
-            if not names:
-                raise FreezeError(f"pattern {pattern!r} matched no module: fix the variant config")
             out[pattern] = {"modules": len(names), "trainable_params": count, "layers": layers}
         return out
 
+    user = set(info.cfg.modules_to_save or [])
+    saves = group(info.modules_to_save_matches)
+    for entry, facts in saves.items():
+        facts["why"] = "variant.modules_to_save" if entry in user else "classification head (trained in full)"
     return {
         "variant": info.spec.name,
         "task": info.task,
         "trainable_params": trainable,
         "total_params": total,
         "trainable_fraction": trainable / total if total else 0.0,
-        "targets": group(info.target_matches, must_adapt=True),
-        "modules_to_save": group(info.modules_to_save_matches, must_adapt=False),
+        "targets": group(info.target_matches),
+        "modules_to_save": saves,
+        "head": info.heads,
         "trainable_tensors": {n: p.numel() for n, p in params if p.requires_grad},
     }
 
@@ -140,6 +174,18 @@ class Freeze(pl.Callback):
         # requires_grad side can be checked there (DeepSpeed builds it from trainable ones only)
         deepspeed = type(trainer.strategy).__name__ == "DeepSpeedStrategy"
         verify_frozen(pl_module.adapter, None if deepspeed else trainer.optimizers)
+
+    def check_unchanged(self, info: AdapterInfo) -> None:
+        """After fit and every callback: the model that train() returns trains exactly the tensors
+        it trained at the start (a second stage, a notebook, may keep training it)."""
+        now = {n for n, p in info.model.named_parameters() if p.requires_grad}
+        before = set(self.manifest.get("trainable_tensors", {}))
+        if now != before:
+            changed = sorted(now ^ before)
+            raise FreezeError(
+                f"the trainable set changed during the run ({len(changed)} tensor(s), e.g. {changed[0]}): something "
+                "after the Freeze callback switched requires_grad; the saved adapter and checkpoints are unaffected"
+            )
 
     def summary_fields(self) -> dict:
         """Parameter counts for summary.json."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,42 @@ def compare_logits(ref: torch.Tensor, got: torch.Tensor, mask: torch.Tensor | No
     }
 
 
+@contextmanager
+def kept_trainable(model: torch.nn.Module) -> Iterator[None]:
+    """Restore every parameter's requires_grad on exit: peft's `disable_adapter()` switches
+    gradients back on for every adapter tensor when it ends (LoRA-FA's frozen A included)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        yield
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
+
+
+def merged_copy(peft_model: torch.nn.Module) -> torch.nn.Module:
+    """A merged copy of the model: W0 + ΔW folded in, adapter layers removed, and each module
+    trained in full (a classification head) replaced by its trained copy. peft's own merge does the
+    last step for LoRA but not for every method (VeRA's fails on a head that is not a Linear)."""
+    model = copy.deepcopy(peft_model)
+    unwrap_trained_copies(model)
+    return model.merge_and_unload()
+
+
+def unwrap_trained_copies(peft_model: torch.nn.Module) -> None:
+    """Put each modules_to_save module's trained copy in place of its wrapper, in place."""
+    from peft.utils import ModulesToSaveWrapper
+
+    for name, module in list(peft_model.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper):
+            parent, _, child = name.rpartition(".")
+            setattr(peft_model.get_submodule(parent), child, module.modules_to_save[module.active_adapters[0]])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
 def _logits(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     with torch.no_grad():
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
@@ -81,8 +119,8 @@ class MergeCheck(pl.Callback):
         self.report: dict = {}
 
     def merge(self, peft_model: torch.nn.Module) -> torch.nn.Module:
-        """A merged copy of the model: W0 + delta folded in, adapter layers removed."""
-        return copy.deepcopy(peft_model).merge_and_unload()
+        """A merged copy of the model (see merged_copy)."""
+        return merged_copy(peft_model)
 
     def probe_batch(self, trainer: pl.Trainer) -> dict:
         """A fixed batch: the first `probe_examples` validation examples (the same whatever the
@@ -106,33 +144,94 @@ class MergeCheck(pl.Callback):
         if not trainer.is_global_zero:
             return
         sharded = sharded_strategy(trainer)
-        if self.rebuild == "always" or (self.rebuild == "auto" and sharded):
-            self.report = self.check(pl_module, self.probe_batch(trainer), self.rebuilt_model(trainer, pl_module))
-            self.report["rebuilt_from"] = str(self.adapter_dir)
-        elif sharded:
+        rebuild = self.rebuild == "always" or (self.rebuild == "auto" and sharded)
+        if sharded and not rebuild:
             raise ConfigError(
                 f"merge_check.rebuild=never, but under {type(trainer.strategy).__name__} no process holds the "
                 "trained model whole: set callbacks.merge_check.rebuild=auto"
             )
-        else:
-            self.report = self.check(pl_module, self.probe_batch(trainer))
+        labels = trainer.datamodule.labels
+        try:
+            if rebuild:
+                rebuilt = self.rebuilt_model(trainer, pl_module)
+                self.report = self.check(pl_module, self.probe_batch(trainer), rebuilt, labels=labels)
+                self.report["rebuilt_from"] = str(self.adapter_dir)
+            else:
+                self.report = self.check(pl_module, self.probe_batch(trainer), labels=labels)
+        except Exception as exc:  # noqa: BLE001 (any failure of the merge is the run's one-line error)
+            log.debug("the merge check failed", exc_info=True)
+            where = (
+                f"the trained adapter is saved in {self.adapter_dir}" if self.adapter_dir else "the adapter is saved"
+            )
+            self.report = {
+                "passed": False,
+                "error": _first_line(exc),
+                "message": f"merge check could not merge or compare the model ({_first_line(exc)}); {where}; "
+                "run with --verbose for the traceback",
+            }
         path = write_json(self.run_dir / "merge_report.json", self.report)
         attach_file(trainer.loggers, path, self.run_dir)
         for logger in trainer.loggers:
             logger.log_metrics(
-                {f"merge/{k}": float(v) for k, v in self.report["merged"].items()},
+                {f"merge/{k}": float(v) for k, v in self.report.get("merged", {}).items()},
                 step=trainer.global_step,
             )
         if not self.report["passed"]:
             raise MergeCheckError(self.report["message"])
 
-    def check(self, pl_module: pl.LightningModule, batch: dict, peft_model: torch.nn.Module | None = None) -> dict:
+    def check(
+        self,
+        pl_module: pl.LightningModule,
+        batch: dict,
+        peft_model: torch.nn.Module | None = None,
+        labels: list[str] | None = None,
+    ) -> dict:
         """Run the comparisons on `peft_model` (default: the trained model in `pl_module`) and
-        return the report (does not raise)."""
+        return the report (does not raise on a mismatch). With the model source and the saved
+        adapter known, the saved adapter is loaded onto a fresh base and compared too."""
         peft_model = pl_module.model if peft_model is None else peft_model
         task = pl_module.adapter.task
         was_training = peft_model.training
-        peft_model.eval()
+        with kept_trainable(peft_model):
+            peft_model.eval()
+            try:
+                report = self._compare(pl_module, peft_model, batch, task, labels)
+            finally:
+                if was_training:
+                    peft_model.train()
+        tol = report["tolerance_rel"]
+        failures = [
+            f"{stage}: max relative logit error {report[stage]['max_rel_err']:.3g} > {tol:g}"
+            for stage in ("merged", "reloaded", "saved_adapter")
+            if stage in report and "max_rel_err" in report[stage] and report[stage]["max_rel_err"] > tol
+        ]
+        saved = report.get("saved_adapter", {})
+        if saved.get("error"):
+            failures.append(f"saved adapter: {saved['error']}")
+        for kind in ("missing_keys", "unexpected_keys"):
+            if saved.get(kind):
+                keys = saved[kind]
+                failures.append(f"saved adapter has {len(keys)} {kind.replace('_', ' ')} ({', '.join(keys[:2])})")
+        # a merge that dropped the adapter entirely would pass when the adapter moves the logits
+        # by less than the tolerance: then the check cannot tell, and says so
+        report["vacuous"] = report["adapter_effect"]["max_rel_err"] <= tol
+        report["passed"] = not failures
+        quantized = "quantized_base" in report
+        report["message"] = (
+            "merge check passed"
+            if not failures
+            else "merge check failed (" + "; ".join(failures) + "): the merged model or the saved adapter does not "
+            "reproduce the adapter model"
+            + (" (quantized base: the error includes dequantization)" if quantized else "")
+            + "; see merge_report.json"
+        )
+        if report["vacuous"]:
+            log.warning("the adapter moves the logits less than the tolerance (B = 0?): the merge check proves little")
+        return report
+
+    def _compare(
+        self, pl_module: pl.LightningModule, peft_model: torch.nn.Module, batch: dict, task: str, labels: list | None
+    ) -> dict:
         device = next(peft_model.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
         dtype = str(next(peft_model.parameters()).dtype).replace("torch.", "")
@@ -154,9 +253,11 @@ class MergeCheck(pl.Callback):
                 extra["dequantization"] = compare_logits(base, _logits(float_model, batch), mask)
             extra["quantized_base"] = {**quantized, "merged_into": f"a copy dequantized to {dtype}"}
             extra["error_includes_dequantization"] = True
+            unwrap_trained_copies(float_model)
             merged_model = float_model.merge_and_unload()
         else:
             merged_model = self.merge(peft_model)
+        merged = _logits(merged_model, batch)
         report: dict = {
             "dtype": dtype,
             "tolerance_name": tol_name,
@@ -164,7 +265,7 @@ class MergeCheck(pl.Callback):
             "probe_examples": int(batch["input_ids"].shape[0]),
             # how far the adapter moves the logits: near zero means the check proves little
             "adapter_effect": compare_logits(base, ref, mask),
-            "merged": compare_logits(ref, _logits(merged_model, batch), mask),
+            "merged": compare_logits(ref, merged, mask),
             **extra,
         }
         if self.save_merged:
@@ -175,30 +276,38 @@ class MergeCheck(pl.Callback):
 
             write_dir(self.merged_dir, fill)
             report["merged_dir"] = str(self.merged_dir)
-            reloaded = self._reload(task, dtype).to(device).eval()
-            report["reloaded"] = compare_logits(ref, _logits(reloaded, batch), mask)
-        if was_training:
-            peft_model.train()
-        failures = [
-            f"{stage}: max relative logit error {report[stage]['max_rel_err']:.3g} > {tol:g}"
-            for stage in ("merged", "reloaded")
-            if stage in report and report[stage]["max_rel_err"] > tol
-        ]
-        # a merge that dropped the adapter entirely would pass when the adapter moves the logits
-        # by less than the tolerance: then the check cannot tell, and says so
-        report["vacuous"] = report["adapter_effect"]["max_rel_err"] <= tol
-        report["passed"] = not failures
-        report["message"] = (
-            "merge check passed"
-            if not failures
-            else "merge check failed (" + "; ".join(failures) + "): the merged model does not reproduce "
-            "the adapter model"
-            + (" (quantized base: the error includes dequantization)" if quantized else "")
-            + "; see merge_report.json"
-        )
-        if report["vacuous"]:
-            log.warning("the adapter moves the logits less than the tolerance (B = 0?): the merge check proves little")
+            del merged_model
+            merged = _logits(self._reload(task, dtype).to(device).eval(), batch)
+            report["reloaded"] = compare_logits(ref, merged, mask)
+        else:
+            del merged_model
+        if self.model_source is not None and self.adapter_dir is not None and self.adapter_dir.is_dir():
+            # the saved artefact, not the live model: adapter/ in plain peft on a base loaded afresh
+            report["saved_adapter"] = self._check_saved(task, labels, batch, merged, mask, device)
         return report
+
+    def _check_saved(
+        self, task: str, labels: list | None, batch: dict, merged: torch.Tensor, mask: torch.Tensor, device: Any
+    ) -> dict:
+        """Load adapter/ with `PeftModel.from_pretrained` onto a freshly loaded base (nothing shared
+        with the trained model) and compare its logits with the merged model's; name any key the
+        file lacks or has beyond what the adapter's config implies."""
+        from peft import PeftModel, get_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        found = set(load_file(str(self.adapter_dir / "adapter_model.safetensors")))
+        base = self.model_source.load_model(task, labels)
+        out: dict = {"adapter_dir": str(self.adapter_dir), "compared_with": "merged/" if self.save_merged else "merged"}
+        try:
+            loaded = PeftModel.from_pretrained(base, str(self.adapter_dir)).to(device).eval()
+        except KeyError as exc:  # peft looks up each module's tensors by key
+            return {**out, "error": "PeftModel.from_pretrained failed", "missing_keys": [str(exc.args[0])]}
+        except Exception as exc:  # noqa: BLE001 (whatever keeps plain peft from loading it)
+            return {**out, "error": f"PeftModel.from_pretrained failed ({_first_line(exc)})"}
+        expected = set(get_peft_model_state_dict(loaded))
+        out["missing_keys"] = sorted(expected - found)
+        out["unexpected_keys"] = sorted(found - expected)
+        return {**out, **compare_logits(merged, _logits(loaded, batch), mask)}
 
     def _reload(self, task: str, dtype: str) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -212,9 +321,10 @@ class MergeCheck(pl.Callback):
             return {}
         return {
             "merge_passed": self.report["passed"],
-            "merge_max_abs_err": self.report["merged"]["max_abs_err"],
-            "merge_max_rel_err": self.report["merged"]["max_rel_err"],
+            "merge_max_abs_err": self.report.get("merged", {}).get("max_abs_err"),
+            "merge_max_rel_err": self.report.get("merged", {}).get("max_rel_err"),
             "reload_max_abs_err": self.report.get("reloaded", {}).get("max_abs_err"),
+            "saved_adapter_max_rel_err": self.report.get("saved_adapter", {}).get("max_rel_err"),
             "merged_dir": self.report.get("merged_dir"),
             **(
                 {

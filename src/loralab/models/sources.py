@@ -54,8 +54,8 @@ def _model_class(task: str) -> Any:
     return AutoModelForSequenceClassification if task == "seq_cls" else AutoModelForCausalLM
 
 
-def _task_kwargs(task: str, labels: list[str] | None) -> dict:
-    if task != "seq_cls":
+def _task_kwargs(task: str, labels: list[str] | None, required: bool = True) -> dict:
+    if task != "seq_cls" or (labels is None and not required):
         return {}
     if not labels:
         raise ModelError("a classification model needs its label names")
@@ -90,16 +90,32 @@ class ModelSource:
         raise NotImplementedError
 
     def load_config(self, task: str, labels: list[str] | None = None) -> Any:
-        """The transformers config of the model for `task` (no weights)."""
+        """The transformers config of the model for `task` (no weights); with `labels` None, a
+        classification config keeps its own labels."""
         raise NotImplementedError
 
     def skeleton(self, task: str) -> torch.nn.Module:
         """The model's module tree on the meta device, without weights: variant targets are
         checked against it in a second, before data and weights load."""
-        # module names do not depend on the number of labels
-        config = self.load_config(task, ["label_0", "label_1"] if task == "seq_cls" else None)
+        # module names do not depend on the number of labels: the config's own (or the default) will do
+        config = self.load_config(task, None)
         with torch.device("meta"):
             return _model_class(task).from_config(config, trust_remote_code=self.trust_remote_code)
+
+    def check_head(self, task: str, labels: list[str] | None) -> None:
+        """Refuse, before the weights load, a checkpoint that already has a classification head
+        for another number of labels than the data has (transformers would fail on the shapes)."""
+        if task != "seq_cls" or not labels:
+            return
+        config = self.load_config(task, None)
+        saved = [a for a in getattr(config, "architectures", None) or [] if a.endswith("ForSequenceClassification")]
+        if saved and config.num_labels != len(labels):
+            names = list((getattr(config, "id2label", None) or {}).values())
+            raise ModelError(
+                f"model {self.name} already has a classification head ({saved[0]}) for {config.num_labels} labels "
+                f"({', '.join(map(str, names[:4]))}), and the data has {len(labels)} ({', '.join(labels[:4])}): "
+                "train on data with its labels, or start from the checkpoint without that head"
+            )
 
     def describe(self) -> dict:
         """What to record about this model in run metadata."""
@@ -199,7 +215,9 @@ class Pretrained(ModelSource):
         from transformers import AutoConfig
 
         try:
-            return AutoConfig.from_pretrained(self.name_or_path, **self._kwargs(), **_task_kwargs(task, labels))
+            return AutoConfig.from_pretrained(
+                self.name_or_path, **self._kwargs(), **_task_kwargs(task, labels, required=False)
+            )
         except ValueError as exc:
             if "trust_remote_code" not in str(exc):
                 raise ModelError(
@@ -307,7 +325,7 @@ class PackagedGGUF(ModelSource):
     def load_config(self, task: str, labels: list[str] | None = None) -> Any:
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(self.ensure_converted(), **_task_kwargs(task, labels))
+        return AutoConfig.from_pretrained(self.ensure_converted(), **_task_kwargs(task, labels, required=False))
 
     def describe(self) -> dict:
         return {**super().describe(), "gguf": str(self.gguf_path), "cache": str(self.cache_path)}
@@ -316,7 +334,7 @@ class PackagedGGUF(ModelSource):
 class FromConfig(ModelSource):
     """An architecture with random weights built from a config dict (tiny test models,
     parameter accounting). With `seed` set the weights are drawn from it (the same base for
-    every run, like a pretrained one); with seed null they depend on the global seed. A quantized
+    every run, like a pretrained one); with seed null they are drawn from the run's seed. A quantized
     one is drawn in float, written to a temporary directory and loaded back k-bit."""
 
     def __init__(
@@ -360,7 +378,7 @@ class FromConfig(ModelSource):
         values.setdefault("pad_token_id", tokenizer.pad_token_id)
         values.setdefault("bos_token_id", tokenizer.bos_token_id)
         values.setdefault("eos_token_id", tokenizer.eos_token_id)
-        return AutoConfig.for_model(model_type, **values, **_task_kwargs(task, labels))
+        return AutoConfig.for_model(model_type, **values, **_task_kwargs(task, labels, required=False))
 
     def load_model(self, task: str, labels: list[str] | None = None) -> torch.nn.Module:
         model = self._random_model(task, labels)
@@ -392,11 +410,13 @@ class FromConfig(ModelSource):
         return target
 
     def _random_model(self, task: str, labels: list[str] | None) -> torch.nn.Module:
+        _task_kwargs(task, labels)  # a classification model needs its label names
         config = self.load_config(task, labels)
-        if self.seed is None:
-            return _model_class(task).from_config(config, dtype=_dtype(self.dtype))
+        # seed null: the run's seed (torch.initial_seed() after seed_everything), so that loading
+        # the base again (the merge check's fresh base) gives the same weights
+        seed = self.seed if self.seed is not None else torch.initial_seed()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+            torch.manual_seed(seed)
             return _model_class(task).from_config(config, dtype=_dtype(self.dtype))
 
     def describe(self) -> dict:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from loralab.config.schemas import LoraVariantConfig
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
-from loralab.variants.targets import check_targets, trains
+from loralab.variants.targets import Resolution, check_targets, trains
 
 if TYPE_CHECKING:  # torch and peft load with the model, after the config checks
     import torch
@@ -40,8 +40,9 @@ def lora_layers(model: torch.nn.Module) -> dict[str, LoraLayer]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer) and ADAPTER in m.lora_A}
 
 
-def lora_config(cfg: LoraVariantConfig, task: str, **overrides: Any) -> LoraConfig:
-    """peft's LoraConfig for our schema (variants built on LoRA pass their own flags)."""
+def lora_config(cfg: LoraVariantConfig, task: str, found: Resolution, **overrides: Any) -> LoraConfig:
+    """peft's LoraConfig for our schema and the resolved targets (variants built on LoRA pass their
+    own flags)."""
     from peft import LoraConfig
 
     kwargs: dict[str, Any] = {
@@ -50,7 +51,7 @@ def lora_config(cfg: LoraVariantConfig, task: str, **overrides: Any) -> LoraConf
         "lora_dropout": cfg.dropout,
         "target_modules": cfg.target_modules,
         "bias": cfg.bias,
-        "modules_to_save": cfg.modules_to_save,
+        "modules_to_save": found.modules_to_save(cfg),
         "init_lora_weights": cfg.init_lora_weights,
         "task_type": peft_task(task),
     }
@@ -63,9 +64,9 @@ def build_lora(
     """Check the targets, then wrap the model with a peft LoRA adapter built with `flags`."""
     from peft import get_peft_model
 
-    targets, saves = check_targets(model, cfg)
-    peft_model = get_peft_model(model, lora_config(cfg, task, **flags))
-    return AdapterInfo(peft_model, spec, cfg, task, targets, saves)
+    found = check_targets(model, cfg, task)
+    peft_model = get_peft_model(model, lora_config(cfg, task, found, **flags))
+    return AdapterInfo(peft_model, spec, cfg, task, found.targets, found.saves, heads=found.heads)
 
 
 def is_trainable(name: str, cfg: LoraVariantConfig) -> bool:

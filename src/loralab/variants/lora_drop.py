@@ -26,7 +26,7 @@ from loralab.config.schemas import LoraVariantConfig
 from loralab.errors import ConfigError
 from loralab.variants.lora import ADAPTER, is_trainable, lora_config, lora_layers
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
-from loralab.variants.targets import check_targets, layer_of
+from loralab.variants.targets import Resolution, check_targets, layer_of
 
 if TYPE_CHECKING:  # torch and peft load with the model, after the config checks
     import torch
@@ -98,7 +98,7 @@ def train_stage1(model: torch.nn.Module, batches: Iterable[dict], steps: int, lr
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
@@ -115,7 +115,9 @@ def module_importance(model: torch.nn.Module, batches: Iterable[dict]) -> dict[s
             x = args[0]
             delta = module.lora_B[ADAPTER](module.lora_A[ADAPTER](x.to(module.lora_A[ADAPTER].weight.dtype)))
             sq = delta.float().pow(2).sum(-1) * module.scaling[ADAPTER] ** 2
-            if sq.dim() == mask[0].dim():
+            # token inputs drop their padding; other inputs (a pooled vector, DeBERTa's relative
+            # position embeddings through the same projection) count whole
+            if sq.shape == mask[0].shape:
                 sq = sq * mask[0]
             totals[name] += float(sq.sum())
 
@@ -219,15 +221,10 @@ def plot_importance(table: list[dict], threshold: float, path: Path) -> Path:
 
 
 # ---- the variant -------------------------------------------------------------------------------
-def _non_lora_trainables(model: torch.nn.Module, cfg: LoraDropConfig, task: str) -> dict[str, torch.Tensor]:
-    """Copies of the base tensors a LoRA run may train besides the pairs: modules_to_save (and
-    the classification head, which peft adds to them), and biases unless bias is none."""
-    from loralab.variants.targets import OUTPUT_HEADS, match_modules_to_save
-
-    modules = {n for names in match_modules_to_save(model, cfg.modules_to_save).values() for n in names}
-    if task == "seq_cls":
-        modules |= {n for n, _ in model.named_modules() if n.split(".")[-1] in OUTPUT_HEADS}
-    prefixes = tuple(f"{m}." for m in modules)
+def _non_lora_trainables(model: torch.nn.Module, cfg: LoraDropConfig, found: Resolution) -> dict[str, torch.Tensor]:
+    """Copies of the base tensors a LoRA run may train besides the pairs: modules_to_save (the
+    classification head among them), and biases unless bias is none."""
+    prefixes = tuple(f"{n}." for names in found.saves.values() for n in names)
     return {
         n: p.detach().clone()
         for n, p in model.named_parameters()
@@ -283,18 +280,18 @@ def build(model: torch.nn.Module, cfg: LoraDropConfig, task: str, context: Build
     from peft import get_peft_model
 
     context = context or BuildContext()
-    targets, saves = check_targets(model, cfg)
+    found = check_targets(model, cfg, task)
     saved = context.resume_dir / "variant.json" if context.resume_dir is not None else None
     resumed = saved is not None and saved.is_file()
     stage1_state: dict[str, torch.Tensor] = {}
     if resumed:
         selection = {**json.loads(saved.read_text()), "selection_from": str(saved)}
-        model = get_peft_model(model, lora_config(cfg, task))
+        model = get_peft_model(model, lora_config(cfg, task, found))
     else:
         # stage 1 also trains what stage 2 trains besides the pairs (a classification head,
         # biases); unload() would keep those changes, so the base's own copies are restored after
-        pristine = _non_lora_trainables(model, cfg, task)
-        stage1_model = get_peft_model(model.to(context.device), lora_config(cfg, task))
+        pristine = _non_lora_trainables(model, cfg, found)
+        stage1_model = get_peft_model(model.to(context.device), lora_config(cfg, task, found))
         for name, param in stage1_model.named_parameters():
             param.requires_grad_(is_trainable(name, cfg))
         selection = {**_stage1(stage1_model, cfg, context), "selection_from": "stage 1"}
@@ -304,7 +301,7 @@ def build(model: torch.nn.Module, cfg: LoraDropConfig, task: str, context: Build
         with torch.no_grad():
             for name, value in pristine.items():
                 model.get_parameter(name).copy_(value)
-        model = get_peft_model(model, lora_config(cfg, task))
+        model = get_peft_model(model, lora_config(cfg, task, found))
     if stage1_state:
         kept_prefixes = tuple(f"{n}." for n in selection["kept_modules"])
         with torch.no_grad():
@@ -325,7 +322,7 @@ def build(model: torch.nn.Module, cfg: LoraDropConfig, task: str, context: Build
     }
     if context.run_dir is not None and not resumed:
         facts["plot"] = str(plot_importance(facts["importance"], cfg.threshold, context.run_dir / PLOT_FILE))
-    return AdapterInfo(model, SPEC, cfg, task, targets, saves, facts=facts)
+    return AdapterInfo(model, SPEC, cfg, task, found.targets, found.saves, heads=found.heads, facts=facts)
 
 
 SPEC = register_variant(VariantSpec("lora_drop", LoraDropConfig, build, is_trainable))

@@ -67,6 +67,7 @@ def build(model: torch.nn.Module, cfg: PissaConfig, task: str, context: BuildCon
         cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
         with torch.random.fork_rng(devices=cuda):
             info.model.save_pretrained(str(directory), path_initial_model_for_weight_conversion=str(init_dir))
+        keep_trained_copies(info.model, Path(directory))
 
     info.save_adapter = save
     info.facts = {
@@ -75,6 +76,21 @@ def build(model: torch.nn.Module, cfg: PissaConfig, task: str, context: BuildCon
         "export": f"plain LoRA of rank {2 * cfg.r} against the original base (ΔW = B·A − B0·A0)",
     }
     return info
+
+
+def keep_trained_copies(model: torch.nn.Module, directory: Path) -> None:
+    """peft's conversion writes only the converted lora_A/lora_B: put back what else the adapter
+    holds (a classification head and other modules_to_save, trained biases), unchanged."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    path = directory / "adapter_model.safetensors"
+    converted = load_file(str(path))
+    missing = {
+        k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items() if k not in converted
+    }
+    if missing:
+        save_file({**converted, **missing}, str(path), metadata={"format": "pt"})
 
 
 SPEC = register_variant(VariantSpec("pissa", PissaConfig, build, is_trainable, check))

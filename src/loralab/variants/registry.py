@@ -37,6 +37,8 @@ class AdapterInfo:
     task: str
     target_matches: dict[str, list[str]]
     modules_to_save_matches: dict[str, list[str]] = field(default_factory=dict)
+    # a classification model's head modules (trained in full: their entries in modules_to_save_matches)
+    heads: list[str] = field(default_factory=list)
     # the variant's own facts for summary.json and every checkpoint (variant.json)
     facts: dict = field(default_factory=dict)
     # callbacks the variant needs during fit (Delta-LoRA's weight update)
@@ -73,7 +75,7 @@ def default_optimizer(model: torch.nn.Module, factory: Callable[..., torch.optim
 class VariantSpec:
     """A variant: its config schema, how to apply it, and which parameters it trains.
     `check(variant_cfg, full_cfg)` refuses bad combinations with other groups before anything
-    loads; `check_model(model, variant_cfg)` refuses targets the variant cannot adapt;
+    loads; `check_model(model, variant_cfg, task)` refuses targets the variant cannot adapt;
     `make_optimizer(adapter, factory)` builds the variant's parameter groups."""
 
     name: str
@@ -82,25 +84,25 @@ class VariantSpec:
     is_trainable: Callable[[str, Any], bool]
     check: Callable[[Any, Any], None] | None = None
     make_optimizer: Callable[[AdapterInfo, Callable[..., torch.optim.Optimizer]], torch.optim.Optimizer] | None = None
-    check_model: Callable[[torch.nn.Module, Any], None] | None = None
+    check_model: Callable[[torch.nn.Module, Any, str], None] | None = None
     # LoRA's rank cannot exceed a target's min(d_in, d_out), so a larger r is refused; VeRA's r is
     # the width of its shared random projections and may exceed it
     rank_at_most_width: bool = True
 
-    def check_targets(self, model: torch.nn.Module, cfg: Any) -> None:
+    def check_targets(self, model: torch.nn.Module, cfg: Any, task: str = "causal_lm") -> None:
         """Check the variant's targets against the model's module tree (a meta-device skeleton
         will do): every pattern matches modules an adapter can wrap, none of them shares its
         weight with another module, r fits them, and the variant's own rules (VeRA: linear only)
         hold."""
         from loralab.variants.targets import check_adaptable, check_rank, check_targets, check_tied
 
-        targets, saves = check_targets(model, cfg)
-        check_adaptable(model, targets)
+        found = check_targets(model, cfg, task)
+        check_adaptable(model, found.targets)
         if self.check_model is not None:
-            self.check_model(model, cfg)
-        check_tied(model, targets, saves)
+            self.check_model(model, cfg, task)
+        check_tied(model, found.targets, found.saves)
         if self.rank_at_most_width:
-            check_rank(model, targets, cfg.r)
+            check_rank(model, found.targets, cfg.r)
 
 
 _REGISTRY: dict[str, VariantSpec] = {}

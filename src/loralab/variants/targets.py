@@ -1,78 +1,145 @@
-"""Which modules a target pattern selects: a list of names (exact or dotted suffix, as in peft),
-a regex (full match on the module's full name) or `all-linear` (every linear layer but the output head)."""
+"""Which modules a target pattern selects, decided by peft's own matching: a list of names (exact or
+dotted suffix), a regex (full match on the module's full name) or `all-linear` (every Linear and
+Conv1D but the output head); nothing inside a module trained in full (modules_to_save, a
+classification head) gets an adapter. Then the checks peft does not make: module types an adapter
+can wrap, tied weights, rank against width."""
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from loralab.errors import FreezeError
 
 if TYPE_CHECKING:  # imported by the config checks, before torch loads
     from torch import nn
 
-OUTPUT_HEADS = ("lm_head", "score", "classifier")
+# the head names peft adds to modules_to_save for sequence classification (PeftModelForSequenceClassification)
+PEFT_HEAD_NAMES = ("classifier", "score")
 
 
-def _linear_names(model: nn.Module) -> list[str]:
-    from torch import nn
-    from transformers.pytorch_utils import Conv1D
-
-    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    names = []
-    for name, module in model.named_modules():
-        # GPT-2 style models use transformers' Conv1D as their linear layer
-        if not isinstance(module, (nn.Linear, Conv1D)) or module is out_emb:
-            continue
-        if name.split(".")[-1] in OUTPUT_HEADS:
-            continue
-        names.append(name)
-    return names
-
-
-def _suffix_match(names: list[str], key: str) -> list[str]:
-    return [n for n in names if n == key or n.endswith("." + key)]
+def task_heads(model: nn.Module, task: str) -> list[str]:
+    """A classification model's head: its top-level modules with weights outside the base model
+    (`score`; `classifier`; DeBERTa's `pooler`, DistilBERT's `pre_classifier`). A pretrained
+    checkpoint has no weights for them, so they train in full (modules_to_save), whatever their
+    names; peft by itself trains only modules named classifier or score."""
+    if task != "seq_cls":
+        return []
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    base = getattr(model, prefix, None) if prefix else None
+    children = dict(model.named_children())
+    if base is None:  # no base model to tell the head from: the names peft knows
+        return [n for n in PEFT_HEAD_NAMES if n in children]
+    return [n for n, child in children.items() if child is not base and any(True for _ in child.parameters())]
 
 
-def match_targets(model: nn.Module, targets: str | list[str]) -> dict[str, list[str]]:
-    """Pattern -> the module names it selects, in model order."""
+@dataclass
+class Resolution:
+    """What an adapter config selects in a model, by peft's own rules: the modules each target
+    pattern adapts, the modules each modules_to_save entry trains in full (a classification
+    head's entries included), and what a pattern selects that trains in full instead."""
+
+    targets: dict[str, list[str]]
+    saves: dict[str, list[str]]
+    heads: list[str] = field(default_factory=list)
+    excluded: dict[str, list[str]] = field(default_factory=dict)
+
+    def modules_to_save(self, cfg: object) -> list[str] | None:
+        """The modules_to_save list to give peft: the config's entries and the head's modules
+        (peft adds classifier and score itself)."""
+        entries = list(cfg.modules_to_save or [])
+        entries += [h for h in self.heads if h not in entries and h not in PEFT_HEAD_NAMES]
+        return entries or None
+
+
+def _entries(cfg: object, heads: list[str], task: str) -> list[str]:
+    """Every modules_to_save entry peft will hold: the config's, the head's, and peft's own."""
+    extra = [*heads, *PEFT_HEAD_NAMES] if task == "seq_cls" else []
+    return list(dict.fromkeys([*(cfg.modules_to_save or []), *extra]))
+
+
+def _peft_view(targets: str | list[str], saves: list[str], task: str) -> Any:
+    """A peft LoraConfig holding only what peft's target matching reads."""
+    from peft import LoraConfig
+
+    from loralab.variants.lora import peft_task
+
+    targets = list(targets) if isinstance(targets, (list, tuple)) else targets
+    return LoraConfig(r=1, target_modules=targets, modules_to_save=list(saves) or None, task_type=peft_task(task))
+
+
+def resolve_targets(model: nn.Module, cfg: object, task: str = "causal_lm") -> Resolution:
+    """Which modules `cfg.target_modules` adapts and `cfg.modules_to_save` trains in `model`, as
+    peft decides it (its matching, its `all-linear`, its rule that nothing inside a module trained
+    in full gets an adapter). Works on a meta-device skeleton."""
+    from peft.tuners.tuners_utils import _maybe_include_all_linear_layers, check_target_module_exists
+
+    heads = task_heads(model, task)
+    entries = _entries(cfg, heads, task)
     names = [n for n, _ in model.named_modules() if n]
-    if targets == "all-linear":
-        return {"all-linear": _linear_names(model)}
-    if isinstance(targets, str):
-        rx = re.compile(targets)
-        return {targets: [n for n in names if rx.fullmatch(n)]}
-    return {t: _suffix_match(names, t) for t in targets}
+    view = _peft_view(cfg.target_modules, entries, task)
+    bare = _peft_view(cfg.target_modules, [], task)
+    if cfg.target_modules == "all-linear":
+        _maybe_include_all_linear_layers(view, model)
+        _maybe_include_all_linear_layers(bare, model)
+    chosen = [n for n in names if check_target_module_exists(view, n)]
+    wanted = [n for n in names if check_target_module_exists(bare, n)]
+
+    def by_pattern(found: list[str]) -> dict[str, list[str]]:
+        if isinstance(cfg.target_modules, str):
+            return {cfg.target_modules: found}
+        return {t: [n for n in found if n == t or n.endswith("." + t)] for t in cfg.target_modules}
+
+    excluded = {k: v for k, v in by_pattern([n for n in wanted if n not in set(chosen)]).items() if v}
+    # peft wraps every module whose name ends with an entry (not only at a dot)
+    all_names = [n for n, _ in model.named_modules(remove_duplicate=False) if n]
+    saves: dict[str, list[str]] = {}
+    taken: set[str] = set()
+    for entry in entries:  # a module counts under the first entry that selects it
+        saves[entry] = [n for n in all_names if n.endswith(entry) and n not in taken]
+        taken.update(saves[entry])
+    user = set(cfg.modules_to_save or [])
+    saves = {e: v for e, v in saves.items() if v or e in user}
+    return Resolution(by_pattern(chosen), saves, heads, excluded)
 
 
-def match_modules_to_save(model: nn.Module, entries: list[str] | None) -> dict[str, list[str]]:
-    """modules_to_save entry -> module names (peft ignores entries that match nothing; we do not)."""
-    names = [n for n, _ in model.named_modules() if n]
-    return {e: _suffix_match(names, e) for e in entries or []}
-
-
-def check_matches(target_matches: dict, save_matches: dict) -> None:
+def check_matches(resolution: Resolution, cfg: object) -> None:
     """Every target pattern and modules_to_save entry must select at least one module."""
-    for pattern, names in target_matches.items():
-        if not names:
+    for pattern, names in resolution.targets.items():
+        if names:
+            continue
+        inside = resolution.excluded.get(pattern)
+        if inside:
             raise FreezeError(
-                f"target module pattern {pattern!r} matches no module in the model: fix "
-                "variant.target_modules (list the model's modules with model.named_modules())"
+                f"target module pattern {pattern!r} selects only modules that train in full as modules_to_save "
+                f"({', '.join(inside[:2])}), and peft puts no adapter inside those: target other modules, or "
+                "drop the entry from variant.modules_to_save"
             )
-    for entry, names in save_matches.items():
-        if not names:
+        raise FreezeError(
+            f"target module pattern {pattern!r} matches no module in the model: fix "
+            "variant.target_modules (list the model's modules with model.named_modules())"
+        )
+    for entry in cfg.modules_to_save or []:
+        if not resolution.saves.get(entry):
             raise FreezeError(
                 f"modules_to_save entry {entry!r} matches no module in the model: fix variant.modules_to_save"
             )
 
 
-def check_targets(model: nn.Module, cfg: object) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """Match `cfg.target_modules` and `cfg.modules_to_save` in `model`; fail on a pattern that
-    selects nothing. Returns (target matches, modules_to_save matches)."""
-    targets = match_targets(model, cfg.target_modules)
-    saves = match_modules_to_save(model, cfg.modules_to_save)
-    check_matches(targets, saves)
-    return targets, saves
+def check_targets(model: nn.Module, cfg: object, task: str = "causal_lm") -> Resolution:
+    """Resolve `cfg.target_modules` and `cfg.modules_to_save` in `model` as peft will; fail on a
+    pattern that selects nothing."""
+    resolution = resolve_targets(model, cfg, task)
+    check_matches(resolution, cfg)
+    return resolution
+
+
+def match_targets(model: nn.Module, targets: str | list[str], task: str = "causal_lm") -> dict[str, list[str]]:
+    """Pattern -> the module names it adapts, in model order (peft's rules)."""
+    from types import SimpleNamespace
+
+    return resolve_targets(model, SimpleNamespace(target_modules=targets, modules_to_save=None), task).targets
 
 
 def _describe(names: list[str], model: nn.Module, limit: int = 2) -> str:

@@ -12,7 +12,7 @@ from loralab.config.values import check_seed
 from loralab.errors import ConfigError
 from loralab.variants.lora import peft_task
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
-from loralab.variants.targets import check_targets, trains
+from loralab.variants.targets import Resolution, check_targets, trains
 
 if TYPE_CHECKING:  # torch and peft load with the model, after the config checks
     from peft import VeraConfig
@@ -51,13 +51,12 @@ class VeraVariantConfig(AdapterVariantConfig):
         return 1.0
 
 
-def check_linear_targets(model: nn.Module, cfg: VeraVariantConfig) -> None:
+def check_linear_targets(model: nn.Module, cfg: VeraVariantConfig, task: str = "causal_lm") -> None:
     """VeRA adapts linear layers only: refuse any other matched module with its name and type."""
     from torch import nn
     from transformers.pytorch_utils import Conv1D
 
-    targets, _ = check_targets(model, cfg)
-    for pattern, names in targets.items():
+    for pattern, names in check_targets(model, cfg, task).targets.items():
         for name in names:
             module = model.get_submodule(name)
             if not isinstance(module, (nn.Linear, Conv1D)):
@@ -83,7 +82,7 @@ def check_existing_adapters(model: nn.Module, cfg: VeraVariantConfig) -> None:
     raise ConfigError("the base model already carries a peft adapter: loralab trains one adapter per run")
 
 
-def vera_config(cfg: VeraVariantConfig, task: str) -> VeraConfig:
+def vera_config(cfg: VeraVariantConfig, task: str, found: Resolution) -> VeraConfig:
     """peft's VeraConfig for our schema."""
     from peft import VeraConfig
 
@@ -96,7 +95,7 @@ def vera_config(cfg: VeraVariantConfig, task: str) -> VeraConfig:
         vera_dropout=cfg.dropout,
         d_initial=cfg.d_initial,
         bias=bias,
-        modules_to_save=cfg.modules_to_save,
+        modules_to_save=found.modules_to_save(cfg),
         task_type=peft_task(task),
     )
 
@@ -106,9 +105,9 @@ def build(model: nn.Module, cfg: VeraVariantConfig, task: str, context: BuildCon
     from peft import get_peft_model
 
     check_existing_adapters(model, cfg)
-    targets, saves = check_targets(model, cfg)
-    check_linear_targets(model, cfg)
-    peft_model = get_peft_model(model, vera_config(cfg, task))
+    found = check_targets(model, cfg, task)
+    check_linear_targets(model, cfg, task)
+    peft_model = get_peft_model(model, vera_config(cfg, task, found))
     projections = peft_model.base_model.vera_A["default"], peft_model.base_model.vera_B["default"]
     facts = {
         "projection_prng_key": cfg.projection_prng_key,
@@ -117,7 +116,7 @@ def build(model: nn.Module, cfg: VeraVariantConfig, task: str, context: BuildCon
         "vera_A_shape": list(projections[0].shape),
         "vera_B_shape": list(projections[1].shape),
     }
-    return AdapterInfo(peft_model, SPEC, cfg, task, targets, saves, facts=facts)
+    return AdapterInfo(peft_model, SPEC, cfg, task, found.targets, found.saves, heads=found.heads, facts=facts)
 
 
 def is_trainable(name: str, cfg: VeraVariantConfig) -> bool:

@@ -1,0 +1,101 @@
+"""Architecture families x variants: a tiny random model of each family (tests/families.py), saved in
+transformers' format and trained through `model=hub model.name_or_path=<dir>` as a user would, with
+every registered variant. Each case trains a few steps and passes the merge check; then this test,
+on its own, loads adapter/ with plain peft onto a base loaded afresh from the model directory and
+compares it with merged/, and checks that the classification head is saved, listed and trained, and
+that the model train() returns trains exactly what it trained at the start."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from loralab.data.builtin import TOPICS
+from loralab.train import train
+from loralab.variants.registry import registered_variants
+from tests.conftest import compose_config
+from tests.families import FAMILIES, save_family
+
+# what each variant needs to train in three steps on a width-64 model (the rest is its config's default)
+VARIANT_ARGS = {
+    "vera": ["variant.r=16"],
+    "lora_drop": ["variant.stage1_steps=2", "variant.sample_fraction=0.25"],
+    "delta_lora": ["variant.update_start=1"],
+}
+VARIANTS = sorted(spec.name for spec in registered_variants())
+CASES = [
+    (family, task, variant) for family, (_, tasks, _) in FAMILIES.items() for task in tasks for variant in VARIANTS
+]
+STEPS = ["trainer.max_steps=3", "trainer.val_check_interval=3", "optimizer.lr=1e-2"]
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory) -> Path:
+    """Where the families' models are saved (each once, when a case first needs it)."""
+    return tmp_path_factory.mktemp("families")
+
+
+def _model(task: str, path: Path) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    cls = AutoModelForSequenceClassification if task == "seq_cls" else AutoModelForCausalLM
+    return cls.from_pretrained(path).eval()
+
+
+def _logits(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def test_the_matrix_covers_the_structures():
+    """At least 8 families, decoders and encoders, both tasks, and every registered variant."""
+    assert len(FAMILIES) >= 8
+    tasks = {task for _, tasks, _ in FAMILIES.values() for task in tasks}
+    assert tasks == {"causal_lm", "seq_cls"}
+    assert set(VARIANT_ARGS) <= set(VARIANTS) and len(VARIANTS) >= 9
+
+
+@pytest.mark.parametrize("family, task, variant", CASES, ids=["-".join(c) for c in CASES])
+def test_family_variant(family, task, variant, family_dirs, tmp_path):
+    from peft import PeftModel
+
+    labels = sorted(TOPICS) if task == "seq_cls" else None
+    model_dir = save_family(family, task, family_dirs, labels=labels)
+    data = "data=topics" if task == "seq_cls" else "data=dates"
+    overrides = ["model=hub", f"model.name_or_path={model_dir}", data, "debug=fast", "logger=csv"]
+    overrides += ["~callbacks.progress", *STEPS, f"variant={variant}", *VARIANT_ARGS.get(variant, [])]
+    cfg = compose_config(overrides, tmp_path / "run", tmp_path / "cache")
+    summary, objects = train(cfg)
+    run = Path(cfg.paths.run_dir)
+    assert summary["status"] == "completed"
+
+    report = json.loads((run / "merge_report.json").read_text())
+    tol = report["tolerance_rel"]
+    assert report["passed"] and not report["vacuous"], report
+    saved = report["saved_adapter"]
+    assert saved["missing_keys"] == saved["unexpected_keys"] == [] and saved["max_rel_err"] <= tol
+
+    # on its own: adapter/ in plain peft on a fresh base against merged/
+    batch = next(iter(objects["datamodule"].val_dataloader()))
+    loaded = PeftModel.from_pretrained(_model(task, model_dir), run / "adapter").eval()
+    merged = _logits(_model(task, run / "merged"), batch)
+    assert ((_logits(loaded, batch) - merged).abs().max() / merged.abs().max()).item() <= tol
+
+    manifest = json.loads((run / "freeze_manifest.json").read_text())
+    adapted = {n for entry in manifest["targets"].values() for layer in entry["layers"].values() for n in layer}
+    live = objects["module"].model
+    # what train() returns trains exactly what it trained at the start (merge check and saving included)
+    assert {n for n, p in live.named_parameters() if p.requires_grad} == set(manifest["trainable_tensors"])
+    if task == "seq_cls":
+        heads = manifest["head"]
+        assert heads and all(manifest["modules_to_save"][h]["trainable_params"] > 0 for h in heads)
+        # nothing inside the head gets an adapter; every head tensor is saved, in adapter/ and checkpoints
+        assert not any(n.split(".")[0] in heads for n in adapted)
+        for directory in [run / "adapter", *sorted((run / "checkpoints").glob("step-*"))]:
+            keys = load_file(directory / "adapter_model.safetensors").keys()
+            for head in heads:
+                assert any(k.startswith(f"base_model.model.{head}.") for k in keys), (directory, head)
