@@ -458,6 +458,13 @@ CASES: list[Case] = [
         "loralab: error: In 'train': Could not find 'variant/lorra'; Available options in 'variant': delta_lora, dora, lora, lora_drop, lora_fa, loraplus, pissa, rslora, vera",
     ),
     Case(
+        "PiSSA with trained biases",
+        "config choices",
+        T,
+        ["variant=pissa", "variant.bias=all"],
+        "loralab: error: PiSSA with variant.bias=all: its saved adapter is converted by peft into a plain LoRA against the original base, which peft cannot do when biases train: set variant.bias=none, or train biases with variant=lora",
+    ),
+    Case(
         "unknown key",
         "config choices",
         T,
@@ -645,6 +652,13 @@ CASES: list[Case] = [
         T,
         ["variant.target_modules=[q_proj,nope_proj]"],
         "loralab: error: target module pattern 'nope_proj' matches no module in the model: fix variant.target_modules (list the model's modules with model.named_modules())",
+    ),
+    Case(
+        "all-linear spelled with an underscore",
+        "config values",
+        T,
+        ["variant.target_modules=all_linear"],
+        "loralab: error: variant.target_modules='all_linear' is not all-linear: write variant.target_modules=all-linear (one string, with a hyphen) for every linear layer but the output head",
     ),
     Case(
         "a target only inside the classification head",

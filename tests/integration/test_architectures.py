@@ -99,3 +99,19 @@ def test_family_variant(family, task, variant, family_dirs, tmp_path):
             keys = load_file(directory / "adapter_model.safetensors").keys()
             for head in heads:
                 assert any(k.startswith(f"base_model.model.{head}.") for k in keys), (directory, head)
+
+
+def test_vera_merges_a_head_that_is_a_module(family_dirs, tmp_path):
+    """peft's VeRA merge fails on RoBERTa's classification head (a module holding two Linear
+    layers, trained in full): loralab's merge puts the trained copy in place first."""
+    model_dir = save_family("roberta", "seq_cls", family_dirs, labels=sorted(TOPICS))
+    overrides = ["model=hub", f"model.name_or_path={model_dir}", "data=topics", "debug=fast", "logger=csv"]
+    overrides += ["~callbacks.progress", *STEPS, "variant=vera", "variant.r=16", "variant.target_modules=[query,value]"]
+    cfg = compose_config(overrides, tmp_path / "run", tmp_path / "cache")
+    summary, _ = train(cfg)
+    run = Path(cfg.paths.run_dir)
+    assert summary["merge_passed"] and (run / "merged" / "config.json").is_file()
+    merged = load_file(run / "merged" / "model.safetensors")
+    trained = load_file(run / "adapter" / "adapter_model.safetensors")
+    # merged/ holds the trained head, not the one the base started with
+    assert torch.equal(merged["classifier.dense.weight"], trained["base_model.model.classifier.dense.weight"])

@@ -126,3 +126,22 @@ def test_a_merge_that_cannot_run_is_one_line_and_keeps_the_adapter(make_cfg, mon
     report = json.loads((run / "merge_report.json").read_text())
     assert report["passed"] is False and report["error"].startswith("AttributeError")
     assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+
+
+def test_a_variant_whose_saving_fails_ends_in_one_line(make_cfg, monkeypatch):
+    """An error inside a variant's own saving code (peft's PiSSA conversion with trained biases
+    raised ValueError) is the run's one-line error, with what was kept."""
+    from loralab.variants.registry import AdapterInfo
+
+    def failing(self, directory):
+        raise ValueError("Adapter pissa_init does not exist")
+
+    monkeypatch.setattr(AdapterInfo, "save", failing)
+    cfg = make_cfg("trainer.max_steps=2", "trainer.val_check_interval=2")
+    with pytest.raises(CheckpointError) as caught:
+        train(cfg)
+    assert str(caught.value) == (
+        "saving checkpoint step 2 failed (ValueError: Adapter pissa_init does not exist); no checkpoint had been "
+        "saved yet"
+    )
+    assert not list((Path(cfg.paths.run_dir) / "checkpoints").iterdir())

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from loralab.distributed import clean_name, collectives_done, full_parameters
-from loralab.errors import DISK_FULL, CheckpointError, ConfigError, NonFiniteError
+from loralab.errors import DISK_FULL, CheckpointError, ConfigError, LoralabError, NonFiniteError
 from loralab.io import dir_bytes, write_dir, write_json
 from loralab.rundir import CHECKPOINT_META as META_FILE
 from loralab.rundir import STATE_FILE, checkpoint_state_file, file_hashes, state_digest, tensor_digest
@@ -220,6 +220,14 @@ def _write_failed(exc: OSError, what: str, kept: str | None = None) -> Checkpoin
     return CheckpointError(f"saving {what} failed: {cause}{where}; {fix}" + (f"; {kept}" if kept else ""))
 
 
+def _save_failed(exc: Exception, what: str, kept: str) -> CheckpointError:
+    """An error of the variant's own saving code as one line (run with --verbose for the traceback)."""
+    text = str(exc).strip().splitlines()
+    cause = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    log.debug("saving %s failed", what, exc_info=exc)
+    return CheckpointError(f"saving {what} failed ({cause}); {kept}")
+
+
 class AdapterCheckpoint(pl.Callback):
     """Saves adapter checkpoints after each validation during fit, and the final adapter."""
 
@@ -351,8 +359,10 @@ class AdapterCheckpoint(pl.Callback):
                     )
             except OSError as exc:
                 error = _write_failed(exc, f"checkpoint step {step} in {self.dirpath}", self.kept_message())
-            except Exception as exc:  # noqa: BLE001 (re-raised below, once every rank knows)
+            except LoralabError as exc:
                 error = exc
+            except Exception as exc:  # noqa: BLE001 (re-raised below, once every rank knows)
+                error = _save_failed(exc, f"checkpoint step {step}", self.kept_message())
         # rank 0's failure reaches every rank, none is left waiting in a barrier
         if not trainer.strategy.reduce_boolean_decision(error is None, all=True):
             if trainer.is_global_zero:
@@ -443,6 +453,12 @@ class AdapterCheckpoint(pl.Callback):
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise _write_failed(exc, f"the final adapter to {self.final_dir}") from exc
+        except LoralabError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        except Exception as exc:  # noqa: BLE001 (the variant's own saving: one line, not a traceback)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise _save_failed(exc, f"the final adapter to {self.final_dir}", self.kept_message()) from exc
         collectives_done(trainer)
 
     def summary_fields(self) -> dict:

@@ -90,6 +90,18 @@ def _as_targets(value: Any, key: str) -> str | list[str]:
     """A non-empty string (regex or all-linear) or a non-empty list of module names."""
     if OmegaConf.is_config(value):
         value = OmegaConf.to_container(value)
+    spelled = [v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, str)]
+    spelled = spelled if key.endswith("target_modules") else []
+    for v in spelled:
+        if re.sub(r"[-_ ]", "", v.lower()) == "alllinear" and not (
+            v.lower() == "all-linear" and isinstance(value, str)
+        ):
+            raise ConfigError(
+                f"{key}={value!r} is not all-linear: write {key}=all-linear (one string, with a hyphen) for every "
+                "linear layer but the output head"
+            )
+    if isinstance(value, str) and value.lower() == "all-linear":
+        return "all-linear"  # peft reads it in any case
     if isinstance(value, str) and value.strip():
         if value != "all-linear":
             try:
