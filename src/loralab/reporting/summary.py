@@ -96,6 +96,9 @@ def print_summary(summary: dict) -> None:
             f"max abs err {_fmt(summary.get('merge_max_abs_err'))}"
             f" (reloaded {_fmt(summary.get('reload_max_abs_err'))})",
         )
+    if summary.get("saved_adapter_max_rel_err") is not None:
+        # adapter/ loaded with plain peft onto a fresh base, against merged/
+        table.add_row("saved adapter vs merged", "", f"max rel err {_fmt(summary['saved_adapter_max_rel_err'])}")
     table.add_row("tokens/s (train)", _fmt(summary.get("tokens_per_s")), "")
     table.add_row("peak memory (RSS MB)", _fmt(summary.get("peak_rss_mb")), "")
     table.add_row("wall time (s)", _fmt(summary.get("wall_time_s")), "")
