@@ -142,6 +142,32 @@ def test_a_variant_whose_saving_fails_ends_in_one_line(make_cfg, monkeypatch):
         train(cfg)
     assert str(caught.value) == (
         "saving checkpoint step 2 failed (ValueError: Adapter pissa_init does not exist); no checkpoint had been "
-        "saved yet"
+        "saved yet; the traceback is in train.log"
     )
     assert not list((Path(cfg.paths.run_dir) / "checkpoints").iterdir())
+
+
+def test_a_merge_failure_through_the_cli_is_one_line_with_the_traceback_in_train_log(tmp_path, monkeypatch):
+    import sys
+
+    from loralab.train import main
+    from tests.conftest import TINY
+    from tests.integration.bad_inputs import last_line, run_captured
+
+    def broken(self, peft_model):
+        raise AttributeError("'RobertaClassificationHead' object has no attribute 'weight'")
+
+    monkeypatch.setattr(MergeCheck, "merge", broken)
+    monkeypatch.setenv("LORALAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    run = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["loralab-train", *TINY, *CLS, f"hydra.run.dir={run}"])
+    code, stderr = run_captured(main)
+    assert code == 2 and "Traceback" not in stderr
+    assert last_line(stderr) == (
+        "loralab: error: merge check could not merge or compare the model (AttributeError: "
+        "'RobertaClassificationHead' object has no attribute 'weight'); the trained adapter is saved in "
+        f"{run / 'adapter'}; the traceback is in train.log"
+    )
+    log = (run / "train.log").read_text()
+    assert "the merge check failed:\nTraceback (most recent call last):" in log and "def broken" not in stderr

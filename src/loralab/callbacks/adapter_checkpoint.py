@@ -27,12 +27,14 @@ import os
 import random
 import re
 import shutil
+import traceback
 from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from loralab.console import to_log_files
 from loralab.distributed import clean_name, collectives_done, full_parameters
 from loralab.errors import DISK_FULL, CheckpointError, ConfigError, LoralabError, NonFiniteError
 from loralab.io import dir_bytes, write_dir, write_json
@@ -221,11 +223,11 @@ def _write_failed(exc: OSError, what: str, kept: str | None = None) -> Checkpoin
 
 
 def _save_failed(exc: Exception, what: str, kept: str) -> CheckpointError:
-    """An error of the variant's own saving code as one line (run with --verbose for the traceback)."""
+    """An error of the variant's own saving code as one line; its traceback goes to train.log."""
     text = str(exc).strip().splitlines()
     cause = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-    log.debug("saving %s failed", what, exc_info=exc)
-    return CheckpointError(f"saving {what} failed ({cause}); {kept}")
+    to_log_files(f"saving {what} failed:\n" + "".join(traceback.format_exception(exc)))
+    return CheckpointError(f"saving {what} failed ({cause}); {kept}; the traceback is in train.log")
 
 
 class AdapterCheckpoint(pl.Callback):

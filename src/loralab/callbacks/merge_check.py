@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from loralab.console import to_log_files
 from loralab.distributed import sharded_strategy
 from loralab.errors import ConfigError, MergeCheckError
 from loralab.io import write_dir, write_json
@@ -159,7 +161,7 @@ class MergeCheck(pl.Callback):
             else:
                 self.report = self.check(pl_module, self.probe_batch(trainer), labels=labels)
         except Exception as exc:  # noqa: BLE001 (any failure of the merge is the run's one-line error)
-            log.debug("the merge check failed", exc_info=True)
+            to_log_files("the merge check failed:\n" + traceback.format_exc())
             where = (
                 f"the trained adapter is saved in {self.adapter_dir}" if self.adapter_dir else "the adapter is saved"
             )
@@ -167,7 +169,7 @@ class MergeCheck(pl.Callback):
                 "passed": False,
                 "error": _first_line(exc),
                 "message": f"merge check could not merge or compare the model ({_first_line(exc)}); {where}; "
-                "run with --verbose for the traceback",
+                "the traceback is in train.log",
             }
         path = write_json(self.run_dir / "merge_report.json", self.report)
         attach_file(trainer.loggers, path, self.run_dir)

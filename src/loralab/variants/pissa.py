@@ -36,9 +36,9 @@ class PissaConfig(LoraVariantConfig):
         if self.bias != "none":
             # the conversion loads the initial adapter as a second one, which peft refuses with trained biases
             raise ConfigError(
-                f"PiSSA with variant.bias={self.bias}: its saved adapter is converted by peft into a plain LoRA against "
-                "the original base, which peft cannot do when biases train: set variant.bias=none, or train biases "
-                "with variant=lora"
+                f"PiSSA with variant.bias={self.bias}: its saved adapter is converted by peft into a plain LoRA "
+                "against the original base, which peft cannot do when biases train: set variant.bias=none, or train "
+                "biases with variant=lora"
             )
         if self.svd_niter is not None and self.svd_niter < 1:
             raise ConfigError(f"variant.svd_niter must be null or >= 1, got {self.svd_niter}")
