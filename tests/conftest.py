@@ -11,8 +11,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-from loralab.config import register_schemas
 from loralab.train import CONF_DIR
+from loralab.validation import register_schemas
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -67,9 +67,9 @@ def build_tiny_adapter(task: str = "causal_lm", labels: list[str] | None = None,
     """A peft LoRA adapter on the tiny model (2 layers, width 64), built the way train() does."""
     import torch
 
-    from loralab.config.schemas import LoraVariantConfig
     from loralab.models import FromConfig
     from loralab.variants import get_variant
+    from loralab.variants.schema import LoraVariantConfig
 
     torch.manual_seed(0)
     source = FromConfig(dict(TINY_CONFIG), name="tiny")

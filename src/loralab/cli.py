@@ -178,7 +178,7 @@ def check_config(cfg, skeletons: dict | None = None):
     the typed config."""
     from omegaconf import OmegaConf
 
-    from loralab.config import validate
+    from loralab.validation import validate
     from loralab.variants import get_variant
 
     typed = validate(cfg)
@@ -243,32 +243,6 @@ def report_failure(exc: Exception) -> None:
         raise exc
     print(f"loralab: error: {error}", file=sys.stderr)
     sys.exit(2)
-
-
-# overrides a continued run replaces: where it writes and what it resumes from
-# (hydra.mode is Hydra's own record of how it ran, not the user's)
-_REPLACED = ("resume=", "ckpt_path=", "hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode=")
-
-
-def continue_command(run_dir: str | Path) -> str:
-    """The command that continues this run from its newest checkpoint: the same overrides with
-    resume=auto in the same run directory; for a sweep's job, the sweep again in its directory
-    (finished jobs are skipped, this one resumes)."""
-    import shlex
-
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        hc = HydraConfig.get()
-        argv = [a for a in sys.argv[1:] if not a.lstrip("+~").startswith(_REPLACED)]
-        return shlex.join(["loralab-train", *argv, f"hydra.sweep.dir={hc.sweep.dir}"])
-    overrides: list[str] = []
-    if HydraConfig.initialized():
-        hc = HydraConfig.get()
-        overrides = [*hc.overrides.task, *hc.overrides.hydra]
-    kept = [o for o in overrides if not o.lstrip("+~").startswith(_REPLACED)]
-    return shlex.join(["loralab-train", *kept, "resume=auto", f"hydra.run.dir={run_dir}"])
 
 
 @contextlib.contextmanager

@@ -134,7 +134,7 @@ def load_run(run_dir: Path, label: str) -> dict[str, Any]:
         summary = {**summary, "status": "damaged", "error": f"the saved adapter is damaged: {problem}", "after": {}}
     source = run_dir
     if summary.get("status") == "skipped" and summary.get("same_as"):
-        from loralab.sweep import resolve_same_as
+        from loralab.rundir import resolve_same_as
 
         found = resolve_same_as(summary, run_dir)
         if found is None:

@@ -211,9 +211,9 @@ def rerun(
     """Run again; with `check`, compare with the original. Returns the exit code."""
     import torch
 
-    from loralab.config import validate
     from loralab.reporting import run_meta
     from loralab.reporting.run_meta import config_hash
+    from loralab.validation import validate
 
     run_dir = Path(run_dir).expanduser().resolve()
     original, meta = load_original(run_dir)

@@ -178,3 +178,59 @@ def checkpoint_state_file(ckpt_path: str | Path) -> Path:
     if path.is_file():  # a training state under another name
         return path
     raise ConfigError(f"ckpt_path not found: {raw}: pass a checkpoint directory or its {STATE_FILE}")
+
+
+# ---- sweeps: what a job directory holds ------------------------------------------------------
+REPLACED = "replaced"  # earlier jobs moved out of a job directory that now runs another config
+
+
+def job_state(run_dir: Path) -> tuple[str | None, str | None]:
+    """(config hash, status) of what a run directory holds; (None, None) when it holds no run. A
+    completed run whose adapter is not the one it recorded is `damaged`."""
+    meta, summary = read_json(run_dir / RUN_META), read_json(run_dir / SUMMARY_FILE)
+    status = summary.get("status")
+    if status == "completed" and adapter_problem(run_dir, summary):
+        status = "damaged"
+    return meta.get("config_hash"), status
+
+
+def resolve_same_as(summary: dict, run_dir: str | Path) -> Path | None:
+    """The run a skipped job stands for. Its `same_as` path, or, when a later relaunch moved
+    that run into replaced/, wherever in the sweep the completed run with its hash now is."""
+    target, wanted = summary.get("same_as"), summary.get("config_hash")
+    if not target:
+        return None
+    if job_state(Path(target)) == (wanted, "completed"):
+        return Path(target)
+    sweep_dir = Path(run_dir).parent
+    for meta in sorted({*sweep_dir.glob(f"*/{RUN_META}"), *sweep_dir.glob(f"{REPLACED}/*/{RUN_META}")}):
+        if job_state(meta.parent) == (wanted, "completed"):
+            return meta.parent
+    return None
+
+
+# overrides a continued run replaces: where it writes and what it resumes from
+# (hydra.mode is Hydra's own record of how it ran, not the user's)
+_CONTINUE_REPLACES = ("resume=", "ckpt_path=", "hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode=")
+
+
+def continue_command(run_dir: str | Path) -> str:
+    """The command that continues this run from its newest checkpoint: the same overrides with
+    resume=auto in the same run directory; for a sweep's job, the sweep again in its directory
+    (finished jobs are skipped, this one resumes)."""
+    import shlex
+    import sys
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        hc = HydraConfig.get()
+        argv = [a for a in sys.argv[1:] if not a.lstrip("+~").startswith(_CONTINUE_REPLACES)]
+        return shlex.join(["loralab-train", *argv, f"hydra.sweep.dir={hc.sweep.dir}"])
+    overrides: list[str] = []
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        overrides = [*hc.overrides.task, *hc.overrides.hydra]
+    kept = [o for o in overrides if not o.lstrip("+~").startswith(_CONTINUE_REPLACES)]
+    return shlex.join(["loralab-train", *kept, "resume=auto", f"hydra.run.dir={run_dir}"])

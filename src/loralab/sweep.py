@@ -15,9 +15,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from loralab.io import write_json
+from loralab.rundir import REPLACED, job_state, resolve_same_as
 
 SWEEP_SUMMARY = "sweep_summary.json"
-REPLACED = "replaced"  # earlier jobs moved out of a job directory that now runs another config
 log = logging.getLogger("loralab")
 
 
@@ -26,33 +26,6 @@ def _read(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def job_state(run_dir: Path) -> tuple[str | None, str | None]:
-    """(config hash, status) of what a run directory holds; (None, None) when it holds no run. A
-    completed run whose adapter is not the one it recorded is `damaged`."""
-    from loralab.rundir import RUN_META, SUMMARY_FILE, adapter_problem
-
-    meta, summary = _read(run_dir / RUN_META), _read(run_dir / SUMMARY_FILE)
-    status = summary.get("status")
-    if status == "completed" and adapter_problem(run_dir, summary):
-        status = "damaged"
-    return meta.get("config_hash"), status
-
-
-def resolve_same_as(summary: dict, run_dir: str | Path) -> Path | None:
-    """The run a skipped job stands for. Its `same_as` path, or, when a later relaunch moved
-    that run into replaced/, wherever in the sweep the completed run with its hash now is."""
-    target, wanted = summary.get("same_as"), summary.get("config_hash")
-    if not target:
-        return None
-    if job_state(Path(target)) == (wanted, "completed"):
-        return Path(target)
-    sweep_dir = Path(run_dir).parent
-    for meta in sorted({*sweep_dir.glob("*/run_meta.json"), *sweep_dir.glob(f"{REPLACED}/*/run_meta.json")}):
-        if job_state(meta.parent) == (wanted, "completed"):
-            return meta.parent
-    return None
 
 
 def plan_job(cfg: DictConfig, write: bool = True) -> dict | None:

@@ -23,7 +23,7 @@ from loralab.cli import (
     print_help,
     report_failure,
 )
-from loralab.config import register_schemas, validate
+from loralab.validation import register_schemas, validate
 
 # conf/ beside src/ (the package is installed editable from the repository)
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -218,10 +218,10 @@ def objective_value(summary: dict, metric: str | None) -> float | None:
             ", ".join(sorted(after)),
         )
     if value is None and summary.get("same_as"):  # a skipped job: the earlier run's value
-        from loralab.sweep import _read, resolve_same_as
+        from loralab.rundir import read_json, resolve_same_as
 
         found = resolve_same_as(summary, summary.get("run_dir", "."))
-        value = (_read(found / "summary.json").get("after") or {}).get(metric) if found else None
+        value = (read_json(found / "summary.json").get("after") or {}).get(metric) if found else None
     return float(value) if isinstance(value, (int, float)) else None
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from loralab.config import validate
 from loralab.train import CONF_DIR
+from loralab.validation import validate
 
 CONF = Path(CONF_DIR)
 

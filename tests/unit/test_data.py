@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from loralab.config.schemas import DataConfig
 from loralab.data import formatting
 from loralab.data.builtin import generate
 from loralab.data.datamodule import LoraDataModule, PadCollator
+from loralab.data.schema import DataConfig
 from loralab.errors import DataError
 
 

@@ -118,8 +118,8 @@ def test_resolution_agrees_with_what_peft_builds():
     from peft.utils import ModulesToSaveWrapper
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from loralab.config.schemas import LoraVariantConfig
     from loralab.variants.lora import lora_config
+    from loralab.variants.schema import LoraVariantConfig
     from loralab.variants.targets import resolve_targets
     from tests.families import FAMILIES
 

@@ -10,12 +10,12 @@ import torch
 from omegaconf import OmegaConf
 
 from loralab.callbacks import MergeCheck
-from loralab.config import validate
-from loralab.config.schemas import QuantizationConfig
 from loralab.errors import ConfigError
 from loralab.models import FromConfig, Pretrained
 from loralab.models.quantized import check_available, dequantized_copy, quantization_of
+from loralab.models.schema import QuantizationConfig
 from loralab.module import LoraModule
+from loralab.validation import validate
 from loralab.variants import get_variant
 from tests.conftest import TINY_CONFIG
 

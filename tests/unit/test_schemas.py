@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from loralab.config import validate
 from loralab.errors import ConfigError
+from loralab.validation import validate
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loralab.config import validate
 from loralab.errors import ConfigError
+from loralab.validation import validate
 from loralab.variants import get_variant
 from loralab.variants.lora import lora_layers
 from loralab.variants.lora_drop import (
@@ -202,8 +202,8 @@ def test_rslora_scaling_reaches_peft(make_cfg):
 def test_lora_drop_stage2_starts_from_the_untouched_base(tmp_path, tiny_tokenizer):
     """Stage 1 trains the classification head (peft's modules_to_save) and biases too; stage 2
     must start from the loaded ones, not from what stage 1 made of them."""
-    from loralab.config.schemas import DataConfig
     from loralab.data.datamodule import LoraDataModule
+    from loralab.data.schema import DataConfig
     from loralab.models import FromConfig
     from loralab.variants.lora_drop import LoraDropConfig
     from loralab.variants.registry import BuildContext

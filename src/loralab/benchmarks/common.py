@@ -22,8 +22,8 @@ def compose(overrides: list[str]) -> Any:
     from hydra import initialize_config_dir
     from omegaconf import open_dict
 
-    from loralab.config import register_schemas
     from loralab.train import CONF_DIR
+    from loralab.validation import register_schemas
 
     register_schemas()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

@@ -23,8 +23,8 @@ def measure(overrides: list[str], repeats: int, new_tokens: int) -> dict:
     from hydra.utils import instantiate
 
     from loralab.callbacks.merge_check import MergeCheck
-    from loralab.config import validate
     from loralab.data.datamodule import LoraDataModule
+    from loralab.validation import validate
     from loralab.variants import get_variant
     from loralab.variants.registry import BuildContext
 

@@ -38,8 +38,8 @@ def _prepared(overrides: list[str]) -> tuple[Any, Any, Any, Any, list[int]]:
     import torch
     from hydra.utils import instantiate
 
-    from loralab.config import validate
     from loralab.data.datamodule import LoraDataModule, ResumableRandomSampler
+    from loralab.validation import validate
 
     cfg = compose(overrides)
     typed = validate(cfg)

@@ -47,8 +47,8 @@ def measure(case: str, overrides: list[str], r: int, steps: int) -> dict:
     from hydra.utils import instantiate
 
     from loralab.benchmarks.common import compose
-    from loralab.config import validate
     from loralab.data.datamodule import LoraDataModule
+    from loralab.validation import validate
     from loralab.variants import get_variant
     from loralab.variants.registry import BuildContext
 

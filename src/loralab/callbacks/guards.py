@@ -23,8 +23,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from loralab.cli import continue_command
 from loralab.errors import Interrupted, NonFiniteError
+from loralab.rundir import continue_command
 
 log = logging.getLogger(__name__)
 

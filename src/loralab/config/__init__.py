@@ -1,5 +1,3 @@
-"""Typed schemas for what users type most (variant, data), checked at compose time."""
-
-from loralab.config.schemas import DataConfig, LoraVariantConfig, register_schemas, validate
-
-__all__ = ["DataConfig", "LoraVariantConfig", "register_schemas", "validate"]
+"""Checks of config values that need no owner: ranges, finiteness and paths (a leaf: it imports
+nothing of loralab's but its errors). Each part's schema lives with its owner; `loralab.validation`
+builds and checks them all."""

@@ -13,10 +13,10 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from loralab.config.schemas import LOCAL_SUFFIXES, DataConfig
 from loralab.data import formatting
 from loralab.data.builtin import generate
 from loralab.data.checks import check_examples, check_local_file, check_not_all_empty
+from loralab.data.schema import LOCAL_SUFFIXES, DataConfig
 from loralab.errors import DataError
 
 log = logging.getLogger(__name__)

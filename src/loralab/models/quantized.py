@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from loralab.config.schemas import QuantizationConfig
 from loralab.distributed import strategy_family, strategy_name
 from loralab.errors import ConfigError, MergeCheckError
+from loralab.models.schema import QuantizationConfig
 
 # trainer accelerators that put the model on a CUDA device (auto picks one when it exists)
 CUDA_ACCELERATORS = ("gpu", "cuda", "auto")

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from loralab.config.schemas import QuantizationConfig
 from loralab.errors import ModelError
 from loralab.models.quantized import as_quantization, load_kwargs, prepare
+from loralab.models.schema import QuantizationConfig
 
 log = logging.getLogger(__name__)
 

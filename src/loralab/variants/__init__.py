@@ -6,7 +6,7 @@ import pkgutil
 
 from loralab.variants.registry import AdapterInfo, VariantSpec, get_variant, register_variant
 
-_INFRASTRUCTURE = {"registry", "targets"}
+_INFRASTRUCTURE = {"registry", "schema", "targets"}
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in _INFRASTRUCTURE:
         importlib.import_module(f"{__name__}.{_module.name}")

@@ -8,8 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from loralab.config.schemas import LoraVariantConfig
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
+from loralab.variants.schema import LoraVariantConfig
 from loralab.variants.targets import Resolution, check_targets, trains
 
 if TYPE_CHECKING:  # torch and peft load with the model, after the config checks

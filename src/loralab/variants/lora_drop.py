@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from loralab.config.schemas import LoraVariantConfig
 from loralab.errors import ConfigError
 from loralab.variants.lora import ADAPTER, is_trainable, lora_config, lora_layers
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
+from loralab.variants.schema import LoraVariantConfig
 from loralab.variants.targets import Resolution, check_targets, layer_of
 
 if TYPE_CHECKING:  # torch and peft load with the model, after the config checks

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from loralab.config.schemas import LoraVariantConfig
 from loralab.errors import ConfigError
 from loralab.variants.lora import build_lora, is_trainable
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
+from loralab.variants.schema import LoraVariantConfig
 
 if TYPE_CHECKING:  # torch loads with the model, after the config checks
     import torch

@@ -7,11 +7,11 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from loralab.config.schemas import AdapterVariantConfig
 from loralab.config.values import check_seed
 from loralab.errors import ConfigError
 from loralab.variants.lora import peft_task
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
+from loralab.variants.schema import AdapterVariantConfig
 from loralab.variants.targets import Resolution, check_targets, trains
 
 if TYPE_CHECKING:  # torch and peft load with the model, after the config checks

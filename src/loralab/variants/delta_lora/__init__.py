@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from loralab.config.schemas import LoraVariantConfig
 from loralab.errors import ConfigError
 from loralab.variants.lora import build_lora, is_trainable
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
+from loralab.variants.schema import LoraVariantConfig
 
 if TYPE_CHECKING:  # torch loads with the model, after the config checks
     import torch
@@ -62,7 +62,7 @@ def check(cfg: DeltaLoraConfig, full: Any) -> None:
 
 def build(model: torch.nn.Module, cfg: DeltaLoraConfig, task: str, context: BuildContext | None = None) -> AdapterInfo:
     """A peft LoRA adapter plus the callback that moves W."""
-    from loralab.callbacks.delta_lora import DeltaLoraUpdate, DeltaWExport
+    from loralab.variants.delta_lora.callbacks import DeltaLoraUpdate, DeltaWExport
 
     info = build_lora(model, cfg, task, SPEC)
     update = DeltaLoraUpdate(info.model, cfg.delta_lambda, cfg.update_start)

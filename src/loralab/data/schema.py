@@ -1,0 +1,114 @@
+"""The `data` group's schema: where the data comes from, its format, and how it is batched. Imports
+nothing heavy: configs are checked with it before torch loads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+from loralab.config.values import check_seed
+from loralab.errors import ConfigError
+
+SOURCES = ("builtin", "local", "hub")
+FORMATS = ("prompt_completion", "chat", "classification")
+LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from, how it is formatted, and how it is batched."""
+
+    name: str = "dates"
+    source: str = "builtin"
+    builtin_task: Optional[str] = "dates"
+    format: str = "prompt_completion"
+    num_train: Optional[int] = 1000
+    num_val: Optional[int] = 200
+    seed: int = 1234
+    max_length: int = 128
+    train_batch_size: int = 8
+    eval_batch_size: int = 32
+    generation_examples: int = 64
+    max_new_tokens: int = 16
+    train_file: Optional[str] = None
+    val_file: Optional[str] = None
+    val_fraction: float = 0.1
+    hub_id: Optional[str] = None
+    hub_config: Optional[str] = None
+    train_split: str = "train"
+    val_split: Optional[str] = None
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
+    messages_column: str = "messages"
+    text_column: str = "text"
+    label_column: str = "label"
+    labels: Optional[List[str]] = None
+    num_workers: int = 0
+    # batch examples of similar length (less padding, faster steps); changes which examples share
+    # a batch, so it is a switch of its own and off by default
+    group_by_length: bool = False
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ConfigError(f"data.source must be one of {list(SOURCES)}, got {self.source!r}")
+        if self.format not in FORMATS:
+            raise ConfigError(f"data.format must be one of {list(FORMATS)}, got {self.format!r}")
+        for key in ("max_length", "train_batch_size", "eval_batch_size", "max_new_tokens"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"data.{key} must be >= 1, got {getattr(self, key)}")
+        if self.generation_examples < 0:
+            raise ConfigError(f"data.generation_examples must be >= 0, got {self.generation_examples}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        check_seed(self.seed, "data.seed")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.source == "builtin":
+            from loralab.data.builtin import BUILTIN_TASKS
+
+            if self.builtin_task not in BUILTIN_TASKS:
+                raise ConfigError(
+                    f"unknown built-in task {self.builtin_task!r}: "
+                    f"set data.builtin_task to one of {sorted(BUILTIN_TASKS)}"
+                )
+            for key in ("num_train", "num_val"):
+                if not getattr(self, key) or getattr(self, key) < 1:
+                    raise ConfigError(f"data.{key} must be >= 1 for a built-in task")
+        elif self.source == "local":
+            if not self.train_file:
+                raise ConfigError("data.train_file is not set: pass data.train_file=path/to/train.jsonl")
+            for key in ("train_file", "val_file"):
+                path = getattr(self, key)
+                if path is None:
+                    continue
+                if Path(path).is_dir():
+                    raise ConfigError(
+                        f"data.{key} {path} is a directory: pass a file ({', '.join(sorted(LOCAL_SUFFIXES))})"
+                    )
+                if not Path(path).is_file():
+                    raise ConfigError(f"data.{key} not found: {path}: check the path")
+                if Path(path).suffix.lower() not in LOCAL_SUFFIXES:
+                    raise ConfigError(
+                        f"data.{key} {path} has an unsupported suffix: use one of {sorted(LOCAL_SUFFIXES)}"
+                    )
+            if self.val_file is not None and Path(self.val_file).samefile(self.train_file):
+                raise ConfigError(
+                    f"data.val_file is the training file ({self.val_file}): validating on the training data "
+                    "measures memorisation; pass a separate file, or leave data.val_file unset to hold out "
+                    "data.val_fraction of the training file"
+                )
+        elif self.source == "hub":
+            if not self.hub_id:
+                raise ConfigError("data.hub_id is not set: pass data.hub_id=org/dataset")
+            if self.val_split is not None and self.val_split == self.train_split:
+                raise ConfigError(
+                    f"data.val_split is the training split ({self.val_split!r}): validating on the training data "
+                    "measures memorisation; pass another split, or leave data.val_split unset to hold out "
+                    "data.val_fraction of the training split"
+                )
+
+    @property
+    def task(self) -> str:
+        """`seq_cls` for text/label data, else `causal_lm`."""
+        return "seq_cls" if self.format == "classification" else "causal_lm"
