@@ -44,15 +44,15 @@ test-all: $(STAMP)  ## every test, GPU ones included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff lint and format check
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 format: $(STAMP)  ## apply ruff formatting
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
 
 bench: $(STAMP)  ## benchmarks against a peft loop, the HF Trainer and more; writes BENCHMARKS.md (~35 min)
-	$(BIN)/python -m loralab.benchmarks $(ARGS)
+	$(BIN)/python -m benchmarks $(ARGS)
 
 clean:  ## remove run outputs and caches (not the venv, not the model cache)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -20,7 +20,7 @@ from typing import Any
 
 from loralab.errors import LoralabError
 from loralab.reporting.run_meta import FORMAT_VERSION
-from loralab.rundir import SUMMARY_FILE, adapter_problem, check_writable
+from loralab.rundir import HYDRA_DIR, RESOLVED_CONFIG, RUN_META, SUMMARY_FILE, adapter_problem, check_writable
 
 # (column, header) in table order; `metric` is the chosen metric's column
 COLUMNS = (
@@ -65,7 +65,7 @@ def _config(run_dir: Path) -> dict:
     """The run's resolved config (config.yaml), or Hydra's saved one for runs that lack it."""
     from omegaconf import OmegaConf
 
-    for name in ("config.yaml", ".hydra/config.yaml"):
+    for name in (RESOLVED_CONFIG, f"{HYDRA_DIR}/config.yaml"):
         path = run_dir / name
         if path.is_file():
             return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
@@ -74,7 +74,7 @@ def _config(run_dir: Path) -> dict:
 
 def is_run_dir(path: Path) -> bool:
     """A run directory, or a sweep's job directory that died before writing anything of its own."""
-    return any((path / name).exists() for name in ("summary.json", "run_meta.json", ".hydra"))
+    return any((path / name).exists() for name in (SUMMARY_FILE, RUN_META, HYDRA_DIR))
 
 
 SUPERSEDED = "replaced"  # a sweep's earlier runs moved out of job directories that now hold others
@@ -144,7 +144,7 @@ def load_run(run_dir: Path, label: str) -> dict[str, Any]:
             summary = {**_read_json(source / SUMMARY_FILE), "status": "skipped"}
             label = f"{label} (= {found.parent.name + '/' if found.parent.name == 'replaced' else ''}{found.name})"
     cfg = _config(source) or _config(run_dir)
-    meta = _read_json(source / "run_meta.json") or _read_json(run_dir / "run_meta.json")
+    meta = _read_json(source / RUN_META) or _read_json(run_dir / RUN_META)
     if (meta.get("format_version") or 0) > FORMAT_VERSION:
         raise CompareError(
             f"{run_dir} was written by a newer loralab (format {meta['format_version']}, this one reads "

@@ -19,7 +19,15 @@ from typing import Any
 
 from loralab.errors import LoralabError
 from loralab.reporting.run_meta import FORMAT_VERSION
-from loralab.rundir import SUMMARY_FILE, adapter_problem, check_writable, read_json
+from loralab.rundir import (
+    RESOLVED_CONFIG,
+    RUN_META,
+    SUMMARY_FILE,
+    TRAIN_LOG,
+    adapter_problem,
+    check_writable,
+    read_json,
+)
 
 log = logging.getLogger("loralab")
 
@@ -43,9 +51,9 @@ def load_original(run_dir: Path) -> tuple[Any, dict]:
 
     if not run_dir.is_dir():
         raise RerunError(f"{run_dir} is not a directory: pass the run directory a training run wrote")
-    meta = _read_json(run_dir / "run_meta.json", "pass the run directory a training run wrote (it holds run_meta.json)")
+    meta = _read_json(run_dir / RUN_META, "pass the run directory a training run wrote (it holds run_meta.json)")
     version = meta.get("format_version")
-    if version is None or not (run_dir / meta.get("config_file", "config.yaml")).is_file():
+    if version is None or not (run_dir / meta.get("config_file", RESOLVED_CONFIG)).is_file():
         raise RerunError(
             f"{run_dir} was written by an older loralab (no saved resolved config): rerun it by hand with its "
             f"overrides: loralab-train {' '.join(meta.get('overrides') or [])}".rstrip()
@@ -169,8 +177,8 @@ def verify(original_dir: Path, new_dir: Path) -> list[str]:
     (exact float equality) and every adapter tensor (bitwise)."""
     import torch
 
-    a = _read_json(original_dir / "summary.json", "the original run has no summary")
-    b = _read_json(new_dir / "summary.json", "the rerun wrote no summary")
+    a = _read_json(original_dir / SUMMARY_FILE, "the original run has no summary")
+    b = _read_json(new_dir / SUMMARY_FILE, "the rerun wrote no summary")
     diffs = []
     for key in ("status", "global_step", "trainable_params", "final_train_loss"):
         if a.get(key) != b.get(key):
@@ -200,7 +208,7 @@ def _log_to(run_dir: Path) -> None:
     fmt = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s")
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / "train.log")):
+    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / TRAIN_LOG)):
         handler.setFormatter(fmt)
         root.addHandler(handler)
 

@@ -22,6 +22,12 @@ STATE_FILE = "training_state.ckpt"
 CHECKPOINT_META = "checkpoint.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+FREEZE_MANIFEST = "freeze_manifest.json"
+MERGE_REPORT = "merge_report.json"
+METRICS_CSV = "metrics.csv"
+TRAIN_LOG = "train.log"
+HYDRA_DIR = ".hydra"
+SWEEP_SUMMARY = "sweep_summary.json"
 # what the run itself writes: a directory holding any of these holds a run
 RUN_MARKERS = (SUMMARY_FILE, RUN_META, CHECKPOINTS_DIR, ADAPTER_DIR)
 FINISHED = ("completed", "skipped")

@@ -15,9 +15,17 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from loralab.io import write_json
-from loralab.rundir import REPLACED, job_state, resolve_same_as
+from loralab.rundir import (
+    HYDRA_DIR,
+    REPLACED,
+    RUN_META,
+    SUMMARY_FILE,
+    SWEEP_SUMMARY,
+    TRAIN_LOG,
+    job_state,
+    resolve_same_as,
+)
 
-SWEEP_SUMMARY = "sweep_summary.json"
 log = logging.getLogger("loralab")
 
 
@@ -46,7 +54,7 @@ def plan_job(cfg: DictConfig, write: bool = True) -> dict | None:
     own_hash, own_status = job_state(run_dir)
     if own_hash == wanted and own_status == "completed":
         log.info("sweep resume: %s already completed this config (hash %s), skipped", run_dir, wanted)
-        return _read(run_dir / "summary.json")
+        return _read(run_dir / SUMMARY_FILE)
     if own_hash is not None and own_hash != wanted and not write:
         own_hash = None  # rank 0 moves it away; this rank trains like rank 0
     if own_hash is not None and own_hash != wanted:
@@ -57,11 +65,11 @@ def plan_job(cfg: DictConfig, write: bool = True) -> dict | None:
             keep = sweep_dir / REPLACED / f"{run_dir.name}-{own_hash}-{n}"
         keep.mkdir(parents=True)
         for item in run_dir.iterdir():
-            if item.name not in (".hydra", "train.log"):
+            if item.name not in (HYDRA_DIR, TRAIN_LOG):
                 shutil.move(str(item), keep / item.name)
         log.info("sweep resume: %s held another config (hash %s), moved to %s", run_dir, own_hash, keep)
         own_hash = None
-    for other in sorted({*sweep_dir.glob("*/run_meta.json"), *sweep_dir.glob(f"{REPLACED}/*/run_meta.json")}):
+    for other in sorted({*sweep_dir.glob(f"*/{RUN_META}"), *sweep_dir.glob(f"{REPLACED}/*/{RUN_META}")}):
         other = other.parent
         if other != run_dir and job_state(other) == (wanted, "completed"):
             log.info("sweep resume: %s already completed this config (hash %s), skipped", other, wanted)
@@ -73,7 +81,7 @@ def plan_job(cfg: DictConfig, write: bool = True) -> dict | None:
                 "run_dir": str(run_dir),
             }
             if write:
-                write_json(run_dir / "summary.json", summary)
+                write_json(run_dir / SUMMARY_FILE, summary)
             return summary
     if own_hash == wanted and cfg.get("resume") is None and cfg.get("ckpt_path") is None:
         if own_status == "damaged":
@@ -99,7 +107,7 @@ def collect_jobs(sweep_dir: str | Path) -> list[dict]:
     jobs = []
     for job_dir in sorted(Path(sweep_dir).glob("*/.hydra"), key=_job_order):
         job_dir = job_dir.parent
-        summary = job_dir / "summary.json"
+        summary = job_dir / SUMMARY_FILE
         entry: dict[str, Any] = {"job": job_dir.name, "run_dir": str(job_dir)}
         if summary.is_file():
             data = _read(summary)
@@ -111,7 +119,7 @@ def collect_jobs(sweep_dir: str | Path) -> list[dict]:
                     entry.update(status="failed", error=f"skipped as a repeat of {data['same_as']}, which is gone")
         else:
             entry.update(status="failed", error="no summary.json: the job stopped before training")
-        overrides = job_dir / ".hydra" / "overrides.yaml"
+        overrides = job_dir / HYDRA_DIR / "overrides.yaml"
         if overrides.is_file():
             entry["overrides"] = list(OmegaConf.load(overrides))
         jobs.append(entry)

@@ -23,6 +23,7 @@ from loralab.cli import (
     print_help,
     report_failure,
 )
+from loralab.rundir import METRICS_CSV, RESOLVED_CONFIG, SUMMARY_FILE
 from loralab.validation import register_schemas, validate
 
 # conf/ beside src/ (the package is installed editable from the repository)
@@ -99,7 +100,7 @@ def _setup(cfg: DictConfig, typed) -> tuple:
     from loralab.launcher import adopt_launcher
     from loralab.models.checks import check_causal
     from loralab.module import LoraModule
-    from loralab.reporting.run_meta import RESOLVED_CONFIG, flat_config, write_run_meta
+    from loralab.reporting.run_meta import flat_config, write_run_meta
     from loralab.reporting.summary import reset_peak_memory
     from loralab.variants import get_variant
     from loralab.variants.registry import BuildContext
@@ -125,7 +126,7 @@ def _setup(cfg: DictConfig, typed) -> tuple:
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     if ckpt is not None and zero:
         # Lightning's CSV logger deletes an existing metrics.csv; keep the earlier part of the run
-        set_aside(run_dir / "metrics.csv")
+        set_aside(run_dir / METRICS_CSV)
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
 
@@ -167,7 +168,7 @@ def run(cfg: DictConfig) -> dict:
     """train() with the run-level guarantees: a failed summary on early errors, W&B closed."""
     from loralab.distributed import is_rank_zero
     from loralab.errors import Interrupted
-    from loralab.reporting.summary import SUMMARY_FILE, print_summary, write_failed_summary
+    from loralab.reporting.summary import print_summary, write_failed_summary
 
     run_dir = Path(cfg.paths.run_dir)
     failed = True
@@ -221,7 +222,7 @@ def objective_value(summary: dict, metric: str | None) -> float | None:
         from loralab.rundir import read_json, resolve_same_as
 
         found = resolve_same_as(summary, summary.get("run_dir", "."))
-        value = (read_json(found / "summary.json").get("after") or {}).get(metric) if found else None
+        value = (read_json(found / SUMMARY_FILE).get("after") or {}).get(metric) if found else None
     return float(value) if isinstance(value, (int, float)) else None
 
 

@@ -97,3 +97,24 @@ def test_the_check_sees_a_cycle():
     graph = import_graph()
     # lazy imports count: the validation imports the variant registry inside validate()
     assert "variants" in graph["validation"] and "config" in graph["variants"]
+
+
+def test_run_directory_file_names_have_one_owner():
+    """Every file name of the run directory is written once, in loralab.rundir; elsewhere it is
+    read from there (prose in messages may name the files)."""
+    from loralab import rundir
+
+    names = {
+        value
+        for key, value in vars(rundir).items()
+        if key.isupper() and isinstance(value, str) and ("." in value or value in ("adapter", "checkpoints"))
+    }
+    assert {"summary.json", "run_meta.json", "merge_report.json", "freeze_manifest.json", "config.yaml"} <= names
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "rundir.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in names - {"adapter", "checkpoints"}:
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.value!r}")
+    assert not found, f"run-directory file names written outside loralab.rundir: {found}"

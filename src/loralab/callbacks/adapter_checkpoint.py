@@ -38,8 +38,8 @@ from loralab.console import to_log_files
 from loralab.distributed import clean_name, collectives_done, full_parameters
 from loralab.errors import DISK_FULL, CheckpointError, ConfigError, LoralabError, NonFiniteError
 from loralab.io import dir_bytes, write_dir, write_json
+from loralab.rundir import ADAPTER_WEIGHTS, STATE_FILE, checkpoint_state_file, file_hashes, state_digest, tensor_digest
 from loralab.rundir import CHECKPOINT_META as META_FILE
-from loralab.rundir import STATE_FILE, checkpoint_state_file, file_hashes, state_digest, tensor_digest
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def read_adapter_file(directory: Path) -> dict[str, torch.Tensor]:
     """The tensors of a saved peft adapter."""
     from safetensors.torch import load_file
 
-    path = directory / "adapter_model.safetensors"
+    path = directory / ADAPTER_WEIGHTS
     if not path.is_file():
         raise CheckpointError(f"{directory} has no adapter_model.safetensors after saving: the save failed")
     return load_file(str(path))
@@ -150,7 +150,7 @@ def verify_checkpoint(directory: str | Path) -> None:
     if state_file.is_file() and meta.get("trainable_sha256"):  # (DeepSpeed's is a directory)
         if state_digest(load_state(state_file)["state_dict"]) != meta["trainable_sha256"]:
             raise CheckpointError(f"{state_file} does not hold the tensors its {META_FILE} records: it is damaged")
-    adapter = directory / "adapter_model.safetensors"
+    adapter = directory / ADAPTER_WEIGHTS
     if meta.get("adapter_sha256") and adapter.is_file():
         from safetensors.torch import load_file
 

@@ -14,6 +14,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from loralab.errors import FreezeError
 from loralab.io import write_json
 from loralab.loggers import attach_file
+from loralab.rundir import FREEZE_MANIFEST
 from loralab.variants.registry import AdapterInfo
 from loralab.variants.targets import layer_of
 
@@ -158,7 +159,7 @@ class Freeze(pl.Callback):
             else "",
         )
         if self.run_dir is not None:
-            path = write_json(self.run_dir / "freeze_manifest.json", self.manifest)
+            path = write_json(self.run_dir / FREEZE_MANIFEST, self.manifest)
             attach_file(trainer.loggers, path, self.run_dir)
         flat = {
             "adapter/trainable_params": self.manifest["trainable_params"],

@@ -23,6 +23,7 @@ from loralab.errors import ConfigError, MergeCheckError
 from loralab.io import write_dir, write_json
 from loralab.loggers import attach_file
 from loralab.models.quantized import dequantized_copy, quantization_of
+from loralab.rundir import ADAPTER_WEIGHTS, MERGE_REPORT
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ class MergeCheck(pl.Callback):
                 "message": f"merge check could not merge or compare the model ({_first_line(exc)}); {where}; "
                 "the traceback is in train.log",
             }
-        path = write_json(self.run_dir / "merge_report.json", self.report)
+        path = write_json(self.run_dir / MERGE_REPORT, self.report)
         attach_file(trainer.loggers, path, self.run_dir)
         for logger in trainer.loggers:
             logger.log_metrics(
@@ -297,7 +298,7 @@ class MergeCheck(pl.Callback):
         from peft import PeftModel, get_peft_model_state_dict
         from safetensors.torch import load_file
 
-        found = set(load_file(str(self.adapter_dir / "adapter_model.safetensors")))
+        found = set(load_file(str(self.adapter_dir / ADAPTER_WEIGHTS)))
         base = self.model_source.load_model(task, labels)
         out: dict = {"adapter_dir": str(self.adapter_dir), "compared_with": "merged/" if self.save_merged else "merged"}
         try:

@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from loralab.io import write_json
+from loralab.rundir import RESOLVED_CONFIG, RUN_META
 from loralab.secrets import redact
 
 PACKAGES = (
@@ -95,7 +96,6 @@ def flat_config(cfg: DictConfig) -> dict:
     return out
 
 
-RESOLVED_CONFIG = "config.yaml"
 # the layout of a run directory that loralab-rerun and loralab-compare read; raised when it changes
 FORMAT_VERSION = 1
 # keys that say where a run writes or how it is watched, not what it computes
@@ -190,7 +190,7 @@ def write_run_meta(run_dir: str | Path, cfg: DictConfig, model: dict, data: dict
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         },
     }
-    write_json(run_dir / "run_meta.json", redact(meta))
+    write_json(run_dir / RUN_META, redact(meta))
     # the resolved config: what `loralab-rerun` runs again (.hydra/config.yaml keeps interpolations)
     resolved = OmegaConf.create(redact(OmegaConf.to_container(cfg, resolve=True)))
     tmp = run_dir / f".{RESOLVED_CONFIG}.tmp"

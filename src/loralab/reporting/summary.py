@@ -10,8 +10,7 @@ from pathlib import Path
 
 from loralab.console import to_log_files
 from loralab.io import write_json
-
-SUMMARY_FILE = "summary.json"
+from loralab.rundir import SUMMARY_FILE
 
 
 def _vm_hwm_kb() -> int | None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from loralab.errors import ConfigError
 from loralab.io import write_dir
+from loralab.rundir import ADAPTER_WEIGHTS
 from loralab.variants.lora import build_lora, is_trainable
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
 from loralab.variants.schema import LoraVariantConfig
@@ -91,7 +92,7 @@ def keep_trained_copies(model: torch.nn.Module, directory: Path) -> None:
     from peft import get_peft_model_state_dict
     from safetensors.torch import load_file, save_file
 
-    path = directory / "adapter_model.safetensors"
+    path = directory / ADAPTER_WEIGHTS
     converted = load_file(str(path))
     missing = {
         k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items() if k not in converted

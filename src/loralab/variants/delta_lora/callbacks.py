@@ -13,6 +13,7 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
 from loralab.io import write_dir
+from loralab.rundir import ADAPTER_WEIGHTS
 from loralab.variants.lora import ADAPTER, lora_layers
 
 
@@ -96,7 +97,7 @@ class DeltaLoraUpdate(pl.Callback):
         config.save_pretrained(str(directory))
         save_file(
             {k: v.contiguous() for k, v in state.items()},
-            str(directory / "adapter_model.safetensors"),
+            str(directory / ADAPTER_WEIGHTS),
             metadata={"format": "pt"},
         )
 

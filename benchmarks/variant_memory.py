@@ -7,8 +7,8 @@ optimizer steps on one fixed batch. Two figures per variant:
   weights excluded), counted exactly with `torch.autograd.graph.saved_tensors_hooks`;
 - peak RSS above the resident size before the measured steps (/proc/self/status VmHWM - VmRSS).
 
-python -m loralab.benchmarks.variant_memory                      # default model, batch 8
-python -m loralab.benchmarks.variant_memory model=tiny --variants lora,lora_fa
+python -m benchmarks.variant_memory                      # default model, batch 8
+python -m benchmarks.variant_memory model=tiny --variants lora,lora_fa
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def measure(case: str, overrides: list[str], r: int, steps: int) -> dict:
     import torch
     from hydra.utils import instantiate
 
-    from loralab.benchmarks.common import compose
+    from benchmarks.common import compose
     from loralab.data.datamodule import LoraDataModule
     from loralab.validation import validate
     from loralab.variants import get_variant
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         cmd = [
             sys.executable,
             "-m",
-            "loralab.benchmarks.variant_memory",
+            "benchmarks.variant_memory",
             "--one",
             case,
             "--r",

@@ -6,7 +6,7 @@ The adapter is loralab's LoRA with its B matrices made non-zero (as after traini
 merge check merges it. Each model is timed on the same inputs, interleaved, medians compared:
 a forward pass over a batch of validation prompts, and greedy generation for one prompt.
 
-python -m loralab.benchmarks.inference
+python -m benchmarks.inference
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from loralab.benchmarks.common import compose, emit, median, run_child
+from benchmarks.common import compose, emit, median, run_child
 
 
 def measure(overrides: list[str], repeats: int, new_tokens: int) -> dict:
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.child:
         emit(measure(args.overrides, args.repeats, args.new_tokens))
         return {}
-    child = ["-m", "loralab.benchmarks.inference", "--child", "--repeats", str(args.repeats)]
+    child = ["-m", "benchmarks.inference", "--child", "--repeats", str(args.repeats)]
     result = run_child([*child, "--new-tokens", str(args.new_tokens), *args.overrides])
     print(format_result(result))
     return result

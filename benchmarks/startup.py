@@ -2,7 +2,7 @@
 (loralab against the hand-written loop, tiny model), and loading the default model from the
 converted cache against converting its GGUF file.
 
-python -m loralab.benchmarks.startup
+python -m benchmarks.startup
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import tempfile
 import time
 from typing import Any
 
-from loralab.benchmarks.common import emit, median, run_child
+from benchmarks.common import emit, median, run_child
 
 BAD_CONFIGS = {
     "bad value (variant.r=0)": ["variant.r=0"],
@@ -50,7 +50,7 @@ def rejection(repeats: int) -> list[dict]:
 def first_step(repeats: int) -> dict:
     """Seconds from launching the command to the start of its first training step, tiny model:
     loralab-train (defaults: validation before training, W&B offline, CSV) against the loop."""
-    from loralab.benchmarks.throughput import run_loralab
+    from benchmarks.throughput import run_loralab
 
     loralab, loop, loralab_no_before = [], [], []
     for _ in range(repeats):
@@ -59,7 +59,7 @@ def first_step(repeats: int) -> dict:
         run = run_loralab([*TINY, "validate_before=false"], 2)
         loralab_no_before.append(run["wall"][0] - run["launched"])
         launched = time.time()
-        run = run_child(["-m", "loralab.benchmarks.throughput", "--impl", "loop", "--total", "2", *TINY])
+        run = run_child(["-m", "benchmarks.throughput", "--impl", "loop", "--total", "2", *TINY])
         loop.append(run["wall"][0] - launched)
     return {
         "loralab": median(loralab),
@@ -73,7 +73,7 @@ def load_model(cache_dir: str) -> dict:
     when the cache is empty there)."""
     from hydra.utils import instantiate
 
-    from loralab.benchmarks.common import compose
+    from benchmarks.common import compose
 
     cfg = compose([f"paths.cache_dir={cache_dir}"])
     source = instantiate(cfg.model)
@@ -87,8 +87,8 @@ def model_load(repeats: int) -> dict:
     gguf, cached = [], []
     for _ in range(repeats):
         cache = tempfile.mkdtemp(prefix="loralab-bench-cache-")
-        gguf.append(run_child(["-m", "loralab.benchmarks.startup", "--load", cache])["seconds"])
-        cached.append(run_child(["-m", "loralab.benchmarks.startup", "--load", cache])["seconds"])
+        gguf.append(run_child(["-m", "benchmarks.startup", "--load", cache])["seconds"])
+        cached.append(run_child(["-m", "benchmarks.startup", "--load", cache])["seconds"])
     return {"gguf": median(gguf), "cache": median(cached)}
 
 

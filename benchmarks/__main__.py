@@ -1,8 +1,8 @@
 """`make bench`: every benchmark, each against its baseline in the same command, written to
 BENCHMARKS.md with the date, the machine and the command.
 
-python -m loralab.benchmarks                          # all sections -> BENCHMARKS.md (~30 min here)
-python -m loralab.benchmarks --sections startup,inference --out /tmp/bench.md
+python -m benchmarks                          # all sections -> BENCHMARKS.md (~30 min here)
+python -m benchmarks --sections startup,inference --out /tmp/bench.md
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from loralab.benchmarks import inference, startup, sweep_time, throughput, variant_memory
-from loralab.benchmarks.common import machine, median, run_child
+from benchmarks import inference, startup, sweep_time, throughput, variant_memory
+from benchmarks.common import machine, median, run_child
 
 SECTIONS = ("throughput", "bf16", "startup", "memory", "inference", "sweep")
 
@@ -51,7 +51,7 @@ def bf16_step(overrides: list[str], peak32: float, peak16: float, counts: dict) 
     CPU) after one warm-up step, against the same loop in fp32."""
     rates = {}
     for label, extra in (("32-true", []), ("bf16-mixed", ["--autocast", "bf16"])):
-        run = run_child(["-m", "loralab.benchmarks.throughput", "--impl", "loop", "--total", "3", *extra, *overrides])
+        run = run_child(["-m", "benchmarks.throughput", "--impl", "loop", "--total", "3", *extra, *overrides])
         rates[label] = throughput.tokens_per_second(run, 1, 1)
         width = run["padded"][1] / run["batch_size"]
     per_token = throughput.flops_per_token(counts, width)
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
             counts = {
                 k: v
                 for k, v in run_child(
-                    ["-m", "loralab.benchmarks.throughput", "--impl", "loop", "--total", "1", *args.overrides]
+                    ["-m", "benchmarks.throughput", "--impl", "loop", "--total", "1", *args.overrides]
                 ).items()
                 if k in ("linear_params", "adapter_params", "layers", "hidden")
             }
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     command = (
         "make bench"
         if not argv and set(sections) == set(SECTIONS)
-        else "python -m loralab.benchmarks " + shlex.join(argv or sys.argv[1:])
+        else "python -m benchmarks " + shlex.join(argv or sys.argv[1:])
     )
     header = (
         "# Benchmarks\n\n"

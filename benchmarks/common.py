@@ -14,6 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+# the repository: benchmarks/ sits beside src/, outside the installed package
+REPO = Path(__file__).resolve().parents[1]
+
 
 def compose(overrides: list[str]) -> Any:
     """The training config as `loralab-train <overrides>` composes it, with a scratch run directory
@@ -62,8 +65,15 @@ def median(values: list[float]) -> float:
 def run_child(args: list[str], timeout: float = 1800, env: dict | None = None) -> dict:
     """Run `python <args>` and return the JSON object on its last output line; raise with the
     child's error output when it fails."""
+    # from the repository root, with it on the path: `benchmarks` is not part of the installed package
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     done = subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": path, **(env or {})},
     )
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:

@@ -8,8 +8,8 @@ them alike, and the medians are compared. Throughput is
 real (unpadded) tokens over the time from the start of step `warmup` to the start of step
 `warmup + steps`: everything between two steps (logging, callbacks, the data loader) counts.
 
-python -m loralab.benchmarks.throughput                     # default model and task
-python -m loralab.benchmarks.throughput model=tiny data=word_sort --steps 5 --repeats 1
+python -m benchmarks.throughput                     # default model and task
+python -m benchmarks.throughput model=tiny data=word_sort --steps 5 --repeats 1
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loralab.benchmarks.common import compose, emit, median, run_child
+from benchmarks.common import compose, emit, median, run_child
 
 IMPLEMENTATIONS = ("loralab", "loop", "trainer")
 # loralab's own speed switches, measured beside the default (they change which examples share a
@@ -229,7 +229,7 @@ def run_loralab(overrides: list[str], total: int) -> dict:
         "validate_before=false",
         "data.generation_examples=0",
         "callbacks.merge_check=null",
-        "+callbacks.step_timer._target_=loralab.benchmarks.step_timer.StepTimer",
+        "+callbacks.step_timer._target_=benchmarks.step_timer.StepTimer",
         f"+callbacks.step_timer.out={out}",
         f"hydra.run.dir={work / 'run'}",
     ]
@@ -299,7 +299,7 @@ def measure(overrides: list[str], warmup: int, steps: int, repeats: int) -> dict
             else:
                 extra = ["--profile"] if name == "loop" and repeat == 0 else []
                 run = run_child(
-                    ["-m", "loralab.benchmarks.throughput", "--impl", name, "--total", str(total), *extra, *overrides]
+                    ["-m", "benchmarks.throughput", "--impl", name, "--total", str(total), *extra, *overrides]
                 )
             runs[name].append(run)
             print(f"  {name} run {repeat + 1}: {tokens_per_second(run, warmup, steps):.1f} tokens/s", file=sys.stderr)

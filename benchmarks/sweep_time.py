@@ -1,7 +1,7 @@
 """Sweep wall time: the same 4-job sweep (tiny model) run one job after another by Hydra's basic
 launcher, and two at a time by the joblib launcher (`hydra/launcher=parallel`).
 
-python -m loralab.benchmarks.sweep_time
+python -m benchmarks.sweep_time
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from loralab.benchmarks.common import median
+from benchmarks.common import median
+from loralab.rundir import SUMMARY_FILE
 
 GRID = ["model=tiny", "data=word_sort", "variant.r=2,4,8,16", "trainer.max_steps=20"]
 LAUNCHERS = {
@@ -33,7 +34,7 @@ def run_sweep(extra: list[str]) -> float:
         text=True,
     )
     seconds = time.perf_counter() - started
-    statuses = [json.loads(p.read_text())["status"] for p in sweep_dir.glob("*/summary.json")]
+    statuses = [json.loads(p.read_text())["status"] for p in sweep_dir.glob(f"*/{SUMMARY_FILE}")]
     if done.returncode != 0 or statuses.count("completed") != 4:
         raise RuntimeError(f"sweep {extra} failed ({statuses}):\n{done.stderr[-3000:]}")
     return seconds
