@@ -25,7 +25,7 @@ def compose(overrides: list[str]) -> Any:
     from hydra import initialize_config_dir
     from omegaconf import open_dict
 
-    from loralab.train import CONF_DIR
+    from loralab.config.paths import CONF_DIR
     from loralab.validation import register_schemas
 
     register_schemas()

@@ -37,7 +37,7 @@ def rejection(repeats: int) -> list[dict]:
     for label, overrides in BAD_CONFIGS.items():
         times = []
         for _ in range(repeats):
-            seconds, done = _wall(["-m", "loralab.train", *overrides, f"hydra.run.dir={tempfile.mkdtemp()}"])
+            seconds, done = _wall(["-m", "loralab", *overrides, f"hydra.run.dir={tempfile.mkdtemp()}"])
             if done.returncode != 2:
                 raise RuntimeError(f"{overrides} was not refused with exit 2: {done.stderr[-2000:]}")
             times.append(seconds)

@@ -29,7 +29,7 @@ def run_sweep(extra: list[str]) -> float:
     sweep_dir = Path(tempfile.mkdtemp(prefix="loralab-bench-sweep-"))
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "loralab.train", "-m", *GRID, *extra, f"hydra.sweep.dir={sweep_dir}"],
+        [sys.executable, "-m", "loralab", "-m", *GRID, *extra, f"hydra.sweep.dir={sweep_dir}"],
         capture_output=True,
         text=True,
     )

@@ -222,7 +222,7 @@ def run_loralab(overrides: list[str], total: int) -> dict:
     out = work / "steps.json"
     args = [
         "-m",
-        "loralab.train",
+        "loralab",
         *overrides,
         f"trainer.max_steps={total}",
         f"trainer.val_check_interval={total}",

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-from loralab.train import CONF_DIR
+from loralab.config.paths import CONF_DIR
 from loralab.validation import register_schemas
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -84,7 +84,7 @@ def tiny_adapter():
 
 
 def train_process(base: Path, name: str, *overrides: str) -> Path:
-    """`python -m loralab.train` on the tiny model into base/name, as users run it."""
+    """`python -m loralab` on the tiny model into base/name, as users run it."""
     import subprocess
     import sys
 
@@ -92,7 +92,7 @@ def train_process(base: Path, name: str, *overrides: str) -> Path:
     env = {**os.environ, "LORALAB_CACHE": str(base / "cache"), "WANDB_MODE": "offline"}
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "loralab.train", *TINY, f"hydra.run.dir={run_dir}", *overrides],
+        [sys.executable, "-m", "loralab", *TINY, f"hydra.run.dir={run_dir}", *overrides],
         capture_output=True,
         text=True,
         env=env,

@@ -1,17 +1,19 @@
-"""Command-line plumbing: one-line errors for bad overrides, closing W&B whatever happens."""
+"""The command line: `loralab-train` (and `python -m loralab`). Refuses bad overrides and configs in
+one line before Hydra writes anything and before torch loads, then runs the training recipe
+(loralab.train) under Hydra and reports a failure as one line."""
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from loralab.errors import Interrupted
+import hydra
+from omegaconf import DictConfig
+
+from loralab.config.paths import CONF_DIR
+from loralab.rundir import SUMMARY_FILE, quote_override, read_json, resolve_same_as
 
 
 def one_line_error(message: str) -> str:
@@ -86,11 +88,6 @@ def print_help(argv: list[str], conf_dir: str) -> None:
         + "\n"
         + FLAGS_HELP
     )
-
-
-def quote_override(value: str) -> str:
-    """A value as a quoted Hydra override string (paths with spaces, commas or `$` stay whole)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'").replace("${", "\\${") + "'"
 
 
 def precheck_composition(argv: list[str], conf_dir: str) -> str | None:
@@ -168,45 +165,9 @@ def check_before_run(cfg, run_dir: str) -> None:
     check_new_run_dir(run_dir, cfg.get("resume"), cfg.get("ckpt_path"))
     check_writable(run_dir, "hydra.run.dir")
     check_writable(cfg.paths.cache_dir, "paths.cache_dir (LORALAB_CACHE)")
+    from loralab.validation import check_config
+
     check_config(cfg)
-
-
-def check_config(cfg, skeletons: dict | None = None):
-    """The checks of one run's config, as a single run and every job of a sweep get them: its
-    values, the W&B environment, the model's location, and the targets against the model's module
-    tree (built without weights; `skeletons` keeps one per model across a sweep's jobs). Returns
-    the typed config."""
-    from omegaconf import OmegaConf
-
-    from loralab.validation import validate
-    from loralab.variants import get_variant
-
-    typed = validate(cfg)
-    if any("wandb" in str((node or {}).get("_target_", "")) for node in (cfg.get("logger") or {}).values()):
-        from loralab.loggers import check_wandb_env
-
-        check_wandb_env()
-    skeletons = {} if skeletons is None else skeletons
-    key = (OmegaConf.to_yaml(cfg.model, resolve=True), typed.data.task)
-    if key not in skeletons:
-        skeletons[key] = _check_model_location(cfg).skeleton(typed.data.task)
-    get_variant(typed.variant.name).check_targets(skeletons[key], typed.variant, typed.data.task)
-    return typed
-
-
-def _check_model_location(cfg):
-    """Build the model source (it checks that a local model directory or packaged file exists;
-    no weights load), so that a wrong path is refused before Hydra makes the run directory."""
-    from hydra.utils import instantiate
-
-    from loralab.errors import LoralabError
-
-    try:
-        return instantiate(cfg.model)
-    except Exception as exc:  # instantiate wraps what the source raised
-        if isinstance(exc.__cause__, LoralabError):
-            raise exc.__cause__ from None
-        raise
 
 
 def report_failure(exc: Exception) -> None:
@@ -245,34 +206,55 @@ def report_failure(exc: Exception) -> None:
     sys.exit(2)
 
 
-@contextlib.contextmanager
-def interrupts_before_fit() -> Iterator[None]:
-    """Ctrl-C or SIGTERM while the data and the model load (before the training loop, where
-    StopOnSignal takes over): the run stops with one line and the status `interrupted`, not a
-    traceback and `failed`. Nothing was trained, so there is nothing to continue from."""
-    message = (
-        "stopped by {name} before training started (while loading the data and the model): nothing was "
-        "trained; run the command again"
-    )
+# ---- the console script -------------------------------------------------------------------
+def objective_value(summary: dict, metric: str | None) -> float | None:
+    """The value a sweeper (Optuna) optimises: `metric` from the final validation, None when the
+    run failed or did not measure it (the sweeper records the trial as failed)."""
+    if not metric:
+        return None
+    after = summary.get("after") or {}
+    value = after.get(metric)
+    if value is None and after:
+        logging.getLogger("loralab").error(
+            "objective %r was not measured by this run (it measured %s): set objective= one of them",
+            metric,
+            ", ".join(sorted(after)),
+        )
+    if value is None and summary.get("same_as"):  # a skipped job: the earlier run's value
+        found = resolve_same_as(summary, summary.get("run_dir", "."))
+        value = (read_json(found / SUMMARY_FILE).get("after") or {}).get(metric) if found else None
+    return float(value) if isinstance(value, (int, float)) else None
 
-    def on_sigterm(signum: int, frame: Any) -> None:
-        raise Interrupted(message.format(name="SIGTERM"), signum)
 
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, on_sigterm) if main else None
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    from loralab.train import run  # torch and the libraries load here, after the checks above
+
     try:
-        yield
-    except KeyboardInterrupt as exc:
-        raise Interrupted(message.format(name="SIGINT"), signal.SIGINT) from exc
-    finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
+        return objective_value(run(cfg), cfg.get("objective"))
+    except Exception as exc:
+        report_failure(exc)
+        return None
 
 
-def close_wandb(failed: bool) -> None:
-    """Finish the W&B run of this process, marking it failed when the run failed."""
-    if "wandb" in sys.modules:
-        import wandb
+def main() -> None:
+    """Console script `loralab-train` (and `python -m loralab`): the command line refused or
+    checked before torch loads, then Hydra's run."""
+    from loralab.console import quiet_libraries, take_verbose_flag
+    from loralab.secrets import check_command_line
+    from loralab.validation import register_schemas
 
-        if wandb.run is not None:
-            wandb.finish(exit_code=1 if failed else 0)
+    sys.argv = [sys.argv[0], *take_verbose_flag(sys.argv[1:])]
+    quiet_libraries()  # before the libraries load: their bars and start-up lines off (--verbose: on)
+    refused = check_command_line(sys.argv[1:])  # before Hydra saves the command line
+    if refused:
+        print(f"loralab: error: {refused}", file=sys.stderr)
+        sys.exit(2)
+    register_schemas()
+    if any(a in HELP_FLAGS for a in sys.argv[1:]):
+        print_help(sys.argv[1:], CONF_DIR)
+        return
+    run_dir = precheck_composition(sys.argv[1:], CONF_DIR)
+    if run_dir is not None:  # the time-stamped directory is taken: this run gets its own
+        sys.argv.append(run_dir)
+    _hydra_main()

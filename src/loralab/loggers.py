@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +93,12 @@ def attach_file(loggers: list, path: str | Path, base_dir: str | Path) -> None:
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.save(str(path), base_path=str(base_dir), policy="now")
+
+
+def close_wandb(failed: bool) -> None:
+    """Finish the W&B run of this process, marking it failed when the run failed."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=1 if failed else 0)

@@ -220,6 +220,11 @@ def resolve_same_as(summary: dict, run_dir: str | Path) -> Path | None:
 _CONTINUE_REPLACES = ("resume=", "ckpt_path=", "hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode=")
 
 
+def quote_override(value: str) -> str:
+    """A value as a quoted Hydra override string (paths with spaces, commas or `$` stay whole)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'").replace("${", "\\${") + "'"
+
+
 def continue_command(run_dir: str | Path) -> str:
     """The command that continues this run from its newest checkpoint: the same overrides with
     resume=auto in the same run directory; for a sweep's job, the sweep again in its directory

@@ -23,6 +23,7 @@ from loralab.rundir import (
     SWEEP_SUMMARY,
     TRAIN_LOG,
     job_state,
+    quote_override,
     resolve_same_as,
 )
 
@@ -179,9 +180,9 @@ def check_jobs(config: DictConfig, jobs: list[list[str]]) -> list[str]:
 
 
 def _check_job(job_cfg: DictConfig, num: int, job: list[str], skeletons: dict) -> str:
-    """One job's checks (those of a single run: loralab.cli.check_config); its experiment name."""
-    from loralab.cli import check_config
+    """One job's checks (those of a single run: loralab.validation.check_config); its experiment name."""
     from loralab.errors import LoralabError
+    from loralab.validation import check_config
 
     try:
         check_config(job_cfg, skeletons)
@@ -196,8 +197,6 @@ def pin_sweep_dir(config: DictConfig, names: list[str] | None) -> Path:
     `outputs/${experiment_name}` would follow the job's variant and split the sweep). When the jobs'
     experiment names differ, the directory is named by all of them (`dates_lora+dates_vera`)."""
     from omegaconf import read_write
-
-    from loralab.cli import quote_override
 
     with read_write(config), open_dict(config):
         if names and len(set(names)) > 1:

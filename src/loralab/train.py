@@ -1,33 +1,46 @@
-"""The Hydra entry point: compose -> validate -> data -> model + variant -> Lightning fit.
+"""The training recipe: validate -> data -> model + adapter -> module -> callbacks, loggers and
+trainer -> fit -> report. `train(cfg)` runs one experiment from a composed config; `run(cfg)` adds
+the run-level guarantees (a failed summary on early errors, a sweep job's planning, W&B closed).
 
-loralab-train                      # the default experiment
-loralab-train model=tiny variant.r=4
-python -m loralab.train data=word_sort trainer.max_steps=200
+The command line (`loralab-train`, `python -m loralab`) lives in loralab.cli, which checks a config
+before this module, and torch with it, is imported.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
+import signal
 import warnings
 from pathlib import Path
 
-import hydra
+import lightning.pytorch as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from loralab.cli import (
-    HELP_FLAGS,
-    close_wandb,
-    interrupts_before_fit,
-    precheck_composition,
-    print_help,
-    report_failure,
-)
+from loralab.callbacks import AdapterCheckpoint, Freeze, RunSummary, find_checkpoint
+from loralab.config.paths import CONF_DIR
+from loralab.data.datamodule import LoraDataModule
+from loralab.distributed import end_distributed, env_rank, is_rank_zero
+from loralab.errors import Interrupted
+from loralab.io import set_aside
+from loralab.launcher import adopt_launcher
+from loralab.loggers import close_wandb
+from loralab.models.checks import check_causal
+from loralab.module import LoraModule
+from loralab.process import interrupts_before_fit
+from loralab.reporting.run_meta import flat_config, write_run_meta
+from loralab.reporting.summary import print_summary, reset_peak_memory, write_failed_summary
 from loralab.rundir import METRICS_CSV, RESOLVED_CONFIG, SUMMARY_FILE
-from loralab.validation import register_schemas, validate
+from loralab.sweep import plan_job
+from loralab.validation import validate
+from loralab.variants import get_variant
+from loralab.variants.registry import BuildContext
 
-# conf/ beside src/ (the package is installed editable from the repository)
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+__all__ = ["CONF_DIR", "run", "train"]
 
 
 def train(cfg: DictConfig) -> tuple[dict, dict]:
@@ -36,10 +49,6 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     typed = validate(cfg)
     with interrupts_before_fit():  # Ctrl-C / SIGTERM while loading: one line, status interrupted
         trainer, module, datamodule, callbacks, loggers, ckpt = _setup(cfg, typed)
-
-    import torch
-
-    from loralab.distributed import end_distributed, env_rank, is_rank_zero
 
     if not is_rank_zero():
         # every process built the same adapter from the seed; from here each draws its own
@@ -56,10 +65,10 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
             if trainer.interrupted:  # Lightning ends a Ctrl-C it caught itself with exit(1)
                 raise _stopped_at_once(trainer, callbacks) from None
             raise
-        freeze = next((cb for cb in callbacks if hasattr(cb, "check_unchanged")), None)
+        freeze = next((cb for cb in callbacks if isinstance(cb, Freeze)), None)
         if freeze is not None:
             freeze.check_unchanged(module.adapter)
-        reporter = next((cb for cb in callbacks if hasattr(cb, "collect")), None)
+        reporter = next((cb for cb in callbacks if isinstance(cb, RunSummary)), None)
         summary = reporter.collect(trainer, module, "completed", None) if reporter else {"status": "completed"}
         failed = False
     finally:
@@ -75,11 +84,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 def _stopped_at_once(trainer, callbacks: list) -> Exception:
     """Ctrl-C that Lightning handled (a second one during training, or one during the validation
     before it): what was kept, as one line with Ctrl-C's exit code."""
-    import signal
 
-    from loralab.errors import Interrupted
-
-    saver = next((cb for cb in callbacks if hasattr(cb, "kept_message")), None)
+    saver = next((cb for cb in callbacks if isinstance(cb, AdapterCheckpoint)), None)
     kept = saver.kept_message() if saver is not None else "this run saves no checkpoints"
     return Interrupted(
         f"stopped by SIGINT at step {trainer.global_step}, without a new checkpoint; {kept}", signal.SIGINT
@@ -88,22 +94,6 @@ def _stopped_at_once(trainer, callbacks: list) -> Exception:
 
 def _setup(cfg: DictConfig, typed) -> tuple:
     """Data, model + variant, module, callbacks, loggers and trainer, ready to fit."""
-    import lightning.pytorch as pl
-    import torch
-    from hydra.utils import instantiate
-    from lightning.pytorch.utilities import rank_zero_only
-
-    from loralab.callbacks import find_checkpoint
-    from loralab.data.datamodule import LoraDataModule
-    from loralab.distributed import env_rank, is_rank_zero
-    from loralab.io import set_aside
-    from loralab.launcher import adopt_launcher
-    from loralab.models.checks import check_causal
-    from loralab.module import LoraModule
-    from loralab.reporting.run_meta import flat_config, write_run_meta
-    from loralab.reporting.summary import reset_peak_memory
-    from loralab.variants import get_variant
-    from loralab.variants.registry import BuildContext
 
     # Lightning adds console handlers of its own when imported; Hydra's handlers already print
     # (and write train.log), so let its records go there once
@@ -166,16 +156,11 @@ def _setup(cfg: DictConfig, typed) -> tuple:
 
 def run(cfg: DictConfig) -> dict:
     """train() with the run-level guarantees: a failed summary on early errors, W&B closed."""
-    from loralab.distributed import is_rank_zero
-    from loralab.errors import Interrupted
-    from loralab.reporting.summary import print_summary, write_failed_summary
 
     run_dir = Path(cfg.paths.run_dir)
     failed = True
     try:
         if _in_multirun():
-            from loralab.sweep import plan_job
-
             # a relaunched sweep: finished configs are skipped (rank 0 moves and writes; a job's
             # other ranks, when a cluster starts them, decide alike without touching anything)
             kept = plan_job(cfg, write=is_rank_zero())
@@ -199,62 +184,5 @@ def run(cfg: DictConfig) -> dict:
 
 
 def _in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def objective_value(summary: dict, metric: str | None) -> float | None:
-    """The value a sweeper (Optuna) optimises: `metric` from the final validation, None when the
-    run failed or did not measure it (the sweeper records the trial as failed)."""
-    if not metric:
-        return None
-    after = summary.get("after") or {}
-    value = after.get(metric)
-    if value is None and after:
-        logging.getLogger("loralab").error(
-            "objective %r was not measured by this run (it measured %s): set objective= one of them",
-            metric,
-            ", ".join(sorted(after)),
-        )
-    if value is None and summary.get("same_as"):  # a skipped job: the earlier run's value
-        from loralab.rundir import read_json, resolve_same_as
-
-        found = resolve_same_as(summary, summary.get("run_dir", "."))
-        value = (read_json(found / SUMMARY_FILE).get("after") or {}).get(metric) if found else None
-    return float(value) if isinstance(value, (int, float)) else None
-
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def _hydra_main(cfg: DictConfig) -> float | None:
-    try:
-        return objective_value(run(cfg), cfg.get("objective"))
-    except Exception as exc:
-        report_failure(exc)
-        return None
-
-
-def main() -> None:
-    """Console script `loralab-train`."""
-    from loralab.console import quiet_libraries, take_verbose_flag
-    from loralab.secrets import check_command_line
-
-    sys.argv = [sys.argv[0], *take_verbose_flag(sys.argv[1:])]
-    quiet_libraries()  # before the libraries load: their bars and start-up lines off (--verbose: on)
-    refused = check_command_line(sys.argv[1:])  # before Hydra saves the command line
-    if refused:
-        print(f"loralab: error: {refused}", file=sys.stderr)
-        sys.exit(2)
-    register_schemas()
-    if any(a in HELP_FLAGS for a in sys.argv[1:]):
-        print_help(sys.argv[1:], CONF_DIR)
-        return
-    run_dir = precheck_composition(sys.argv[1:], CONF_DIR)
-    if run_dir is not None:  # the time-stamped directory is taken: this run gets its own
-        sys.argv.append(run_dir)
-    _hydra_main()
-
-
-if __name__ == "__main__":
-    main()

@@ -106,3 +106,40 @@ def validate(cfg: DictConfig) -> ValidatedConfig:
         check_available(cfg.get("trainer"))
     check_trainer(cfg)
     return ValidatedConfig(variant=variant, data=data, quantization=quantization)
+
+
+def check_config(cfg, skeletons: dict | None = None):
+    """The checks of one run's config, as a single run and every job of a sweep get them: its
+    values, the W&B environment, the model's location, and the targets against the model's module
+    tree (built without weights; `skeletons` keeps one per model across a sweep's jobs). Returns
+    the typed config."""
+    from omegaconf import OmegaConf
+
+    from loralab.variants import get_variant
+
+    typed = validate(cfg)
+    if any("wandb" in str((node or {}).get("_target_", "")) for node in (cfg.get("logger") or {}).values()):
+        from loralab.loggers import check_wandb_env
+
+        check_wandb_env()
+    skeletons = {} if skeletons is None else skeletons
+    key = (OmegaConf.to_yaml(cfg.model, resolve=True), typed.data.task)
+    if key not in skeletons:
+        skeletons[key] = _check_model_location(cfg).skeleton(typed.data.task)
+    get_variant(typed.variant.name).check_targets(skeletons[key], typed.variant, typed.data.task)
+    return typed
+
+
+def _check_model_location(cfg):
+    """Build the model source (it checks that a local model directory or packaged file exists;
+    no weights load), so that a wrong path is refused before Hydra makes the run directory."""
+    from hydra.utils import instantiate
+
+    from loralab.errors import LoralabError
+
+    try:
+        return instantiate(cfg.model)
+    except Exception as exc:  # instantiate wraps what the source raised
+        if isinstance(exc.__cause__, LoralabError):
+            raise exc.__cause__ from None
+        raise

@@ -1476,7 +1476,7 @@ def run_case(case: Case, tmp: Path, monkeypatch) -> tuple[int, str]:
     for key, value in case.env.items():
         monkeypatch.setenv(key, value.replace("{tmp}", str(tmp)))
     if case.command == T:
-        from loralab.train import main
+        from loralab.cli import main
 
         argv = [T, *BASE, f"hydra.run.dir={tmp / case.run_dir}", *args]
         if "-m" in args:  # Hydra's flags come before the overrides
@@ -1499,7 +1499,7 @@ def run_case(case: Case, tmp: Path, monkeypatch) -> tuple[int, str]:
 
 
 def run_interrupted(argv: list[str], run_dir: Path, signame: str) -> tuple[int, str]:
-    """`python -m loralab.train ...` as a process, sent `signame` once its run has started loading
+    """`python -m loralab ...` as a process, sent `signame` once its run has started loading
     (Hydra has written the run directory): the exit code and its stderr."""
     import os
     import signal
@@ -1507,7 +1507,7 @@ def run_interrupted(argv: list[str], run_dir: Path, signame: str) -> tuple[int, 
     import time
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loralab.train", *argv[1:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "loralab", *argv[1:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 120
     while not (run_dir / ".hydra").is_dir() and proc.poll() is None and time.monotonic() < deadline:

@@ -21,7 +21,7 @@ BASE = ["model=tiny", "debug=fast", "logger=csv", "~callbacks.progress"]
 def run_cli(tmp_path: Path, *overrides: str, monkeypatch: pytest.MonkeyPatch | None = None) -> SimpleNamespace:
     """`loralab-train BASE hydra.run.dir=... overrides` in this process: its exit code, and its
     stderr with every log record (so a logged traceback shows as a subprocess's would)."""
-    from loralab.train import main
+    from loralab.cli import main
     from tests.integration.bad_inputs import run_captured
 
     patch = monkeypatch or pytest.MonkeyPatch()
@@ -45,7 +45,7 @@ def run_cli_process(tmp_path: Path, *overrides: str) -> subprocess.CompletedProc
         [
             sys.executable,
             "-m",
-            "loralab.train",
+            "loralab",
             *BASE,
             f"hydra.run.dir={tmp_path / 'run'}",
             *overrides,
@@ -92,7 +92,7 @@ def test_full_error_shows_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     env = {**os.environ, "LORALAB_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run(
-        [sys.executable, "-m", "loralab.train", *BASE, f"hydra.run.dir={tmp_path}", "variant.r=0"],
+        [sys.executable, "-m", "loralab", *BASE, f"hydra.run.dir={tmp_path}", "variant.r=0"],
         capture_output=True,
         text=True,
         env=env,

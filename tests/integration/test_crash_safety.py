@@ -35,7 +35,7 @@ RUN = [*TINY, "variant.r=4", "trainer.max_steps=12", "trainer.val_check_interval
 
 
 def start(run_dir: Path, cache: Path, *extra: str, ignore_sigxfsz: bool = False) -> subprocess.Popen:
-    """`python -m loralab.train RUN hydra.run.dir=run_dir extra`, as users start it."""
+    """`python -m loralab RUN hydra.run.dir=run_dir extra`, as users start it."""
     env = {**os.environ, "WANDB_MODE": "offline", "LORALAB_CACHE": str(cache)}
     env.pop("HYDRA_FULL_ERROR", None)
 
@@ -44,7 +44,7 @@ def start(run_dir: Path, cache: Path, *extra: str, ignore_sigxfsz: bool = False)
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
     return subprocess.Popen(
-        [sys.executable, "-m", "loralab.train", *RUN, f"hydra.run.dir={run_dir}", *extra],
+        [sys.executable, "-m", "loralab", *RUN, f"hydra.run.dir={run_dir}", *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -182,9 +182,7 @@ def test_a_signal_saves_a_checkpoint_and_exits_cleanly(reference, cache, tmp_pat
     # and the printed command continues it where it stopped
     env = {**os.environ, "WANDB_MODE": "offline", "LORALAB_CACHE": str(cache)}
     env.pop("HYDRA_FULL_ERROR", None)
-    again = subprocess.run(
-        [sys.executable, "-m", "loralab.train", *command[1:]], capture_output=True, text=True, env=env
-    )
+    again = subprocess.run([sys.executable, "-m", "loralab", *command[1:]], capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert_same(adapter(run_dir), reference)
 

@@ -30,7 +30,7 @@ def launch(tmp_path: Path, run_dir: Path, *overrides: str) -> subprocess.Complet
     for key in ("HYDRA_FULL_ERROR", "LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK"):
         env.pop(key, None)
     proc = subprocess.run(
-        [sys.executable, "-m", "loralab.train", *COMMON, *overrides, f"hydra.run.dir={run_dir}"],
+        [sys.executable, "-m", "loralab", *COMMON, *overrides, f"hydra.run.dir={run_dir}"],
         capture_output=True,
         text=True,
         env=env,
@@ -141,7 +141,7 @@ def test_resume_with_another_number_of_processes_is_refused(runs):
     again = runs / "one_process"
     shutil.copytree(runs / "ddp", again)
     env = {**os.environ, "LORALAB_CACHE": str(runs / "cache"), "WANDB_MODE": "offline"}
-    command = [sys.executable, "-m", "loralab.train", *COMMON, "logger=csv", "variant.dropout=0", "trainer=cpu"]
+    command = [sys.executable, "-m", "loralab", *COMMON, "logger=csv", "variant.dropout=0", "trainer=cpu"]
     command += ["data.train_batch_size=4", f"ckpt_path={again / 'checkpoints/step-0000002'}", f"hydra.run.dir={again}"]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 2, proc.stderr[-3000:]

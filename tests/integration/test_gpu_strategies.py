@@ -27,7 +27,7 @@ TINY = ["model=tiny", "debug=fast", "~callbacks.progress", "variant.dropout=0", 
 def launch(tmp_path: Path, run_dir: Path, *overrides: str) -> dict:
     env = {**os.environ, "LORALAB_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
     proc = subprocess.run(
-        [sys.executable, "-m", "loralab.train", *overrides, f"hydra.run.dir={run_dir}"],
+        [sys.executable, "-m", "loralab", *overrides, f"hydra.run.dir={run_dir}"],
         capture_output=True,
         text=True,
         env=env,

@@ -169,7 +169,7 @@ def test_rerun_from_another_directory_finds_relative_data(tmp_path):
         [
             sys.executable,
             "-m",
-            "loralab.train",
+            "loralab",
             *TINY,
             "data=local",
             "data.train_file=qa.jsonl",

@@ -150,7 +150,7 @@ def test_a_variant_whose_saving_fails_ends_in_one_line(make_cfg, monkeypatch):
 def test_a_merge_failure_through_the_cli_is_one_line_with_the_traceback_in_train_log(tmp_path, monkeypatch):
     import sys
 
-    from loralab.train import main
+    from loralab.cli import main
     from tests.conftest import TINY
     from tests.integration.bad_inputs import last_line, run_captured
 

@@ -21,7 +21,7 @@ def test_no_secret_in_any_file_a_run_writes(tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, **found, "WANDB_MODE": "offline", "LORALAB_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run(
-        [sys.executable, "-m", "loralab.train", *TINY, "logger=default", f"hydra.run.dir={run_dir}"],
+        [sys.executable, "-m", "loralab", *TINY, "logger=default", f"hydra.run.dir={run_dir}"],
         capture_output=True,
         text=True,
         env=env,

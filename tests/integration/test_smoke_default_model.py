@@ -31,7 +31,7 @@ def test_default_model_two_steps(tmp_path):
         [
             sys.executable,
             "-m",
-            "loralab.train",
+            "loralab",
             "trainer.max_steps=2",
             "trainer.val_check_interval=2",
             "trainer.log_every_n_steps=1",

@@ -26,7 +26,7 @@ def multirun(tmp_path: Path, sweep: Path, *overrides: str, base: list[str] = BAS
     env = {**os.environ, "LORALAB_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
-        [sys.executable, "-m", "loralab.train", "-m", *base, *overrides, f"hydra.sweep.dir={sweep}"],
+        [sys.executable, "-m", "loralab", "-m", *base, *overrides, f"hydra.sweep.dir={sweep}"],
         capture_output=True,
         text=True,
         env=env,
@@ -67,7 +67,7 @@ def default_multirun(tmp_path: Path, *overrides: str) -> subprocess.CompletedPro
     env = {**os.environ, "LORALAB_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
-        [sys.executable, "-m", "loralab.train", "-m", *overrides], capture_output=True, text=True, env=env, cwd=tmp_path
+        [sys.executable, "-m", "loralab", "-m", *overrides], capture_output=True, text=True, env=env, cwd=tmp_path
     )
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from loralab.train import CONF_DIR
+from loralab.config.paths import CONF_DIR
 from loralab.validation import validate
 
 CONF = Path(CONF_DIR)
@@ -191,7 +191,7 @@ def test_sweep_experiments_carry_their_grid(experiment, params):
 
 def test_help_lists_the_options_users_choose_not_the_schemas(capsys):
     from loralab.cli import print_help
-    from loralab.train import CONF_DIR
+    from loralab.config.paths import CONF_DIR
 
     print_help(["--help", "variant=vera"], CONF_DIR)
     out = capsys.readouterr().out

@@ -86,15 +86,24 @@ def test_good_config_normalises_targets(make_cfg):
 HEAVY_MODULES = ("torch", "lightning", "peft", "transformers", "datasets", "safetensors")
 REFUSE_IN_FRESH_PROCESS = f"""
 import sys
-from pathlib import Path
+from hydra import compose, initialize_config_dir
+from loralab.cli import main
+from loralab.config.paths import CONF_DIR
 from loralab.errors import ConfigError
-from loralab.train import train
-from tests.conftest import compose_config
+from loralab.validation import register_schemas, validate
 
+register_schemas()
+with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    cfg = compose("train", overrides=["variant.r=0", "paths.run_dir=" + sys.argv[1]])
 try:
-    train(compose_config(["variant.r=0"], Path(sys.argv[1])))
+    validate(cfg)
 except ConfigError as exc:
     print("refused:", exc)
+sys.argv = ["loralab-train", "variant.r=0", "hydra.run.dir=" + sys.argv[1]]
+try:
+    main()
+except SystemExit as exc:
+    print("exit:", exc.code)
 print("imported:", sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))
 """
 
@@ -109,5 +118,7 @@ def test_bad_config_is_refused_before_torch_loads(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # the library's validate() and the command line alike
     assert "refused: variant.r must be an integer >= 1" in proc.stdout
+    assert "exit: 2" in proc.stdout and "loralab: error: variant.r must be an integer >= 1" in proc.stderr
     assert "imported: []" in proc.stdout

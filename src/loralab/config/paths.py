@@ -15,6 +15,10 @@ from omegaconf import open_dict
 PATH_KEYS = ("data.train_file", "data.val_file", "ckpt_path")
 
 
+# conf/ beside src/ (the package is installed editable from the repository)
+CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
+
+
 def absolute(value: str, base: str | Path | None = None) -> str:
     """`value` with `~` expanded, made absolute against `base` (default: the working directory)."""
     path = Path(os.path.expanduser(str(value)))

@@ -1,0 +1,5 @@
+"""`python -m loralab`: the same as `loralab-train`."""
+
+from loralab.cli import main
+
+main()
