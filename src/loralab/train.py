@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import warnings
 from pathlib import Path
 
@@ -186,3 +187,12 @@ def run(cfg: DictConfig) -> dict:
 def _in_multirun() -> bool:
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+if __name__ == "__main__":  # the command used to live here: say where it is now
+    print(
+        "loralab: error: python -m loralab.train is the training recipe, not the command: run loralab-train "
+        "(or python -m loralab) with the same overrides",
+        file=sys.stderr,
+    )
+    sys.exit(2)
