@@ -38,7 +38,10 @@ def measure(overrides: list[str], repeats: int, new_tokens: int) -> dict:
     datamodule.setup("fit")
     base = source.load_model(typed.data.task, datamodule.labels).eval()
     adapter = get_variant(typed.variant.name).build(
-        source.load_model(typed.data.task, datamodule.labels), typed.variant, typed.data.task, BuildContext(datamodule)
+        source.load_model(typed.data.task, datamodule.labels),
+        typed.variant,
+        typed.data.task,
+        BuildContext(datamodule=datamodule),
     )
     for name, param in adapter.model.named_parameters():
         if "lora_B" in name:

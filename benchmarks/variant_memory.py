@@ -63,7 +63,9 @@ def measure(case: str, overrides: list[str], r: int, steps: int) -> dict:
     datamodule = LoraDataModule(typed.data, source.load_tokenizer(), cache_dir=cfg.paths.cache_dir)
     datamodule.setup("fit")
     model = source.load_model(typed.data.task, datamodule.labels)
-    adapter = get_variant(variant).build(model, typed.variant, typed.data.task, BuildContext(datamodule, seed=cfg.seed))
+    adapter = get_variant(variant).build(
+        model, typed.variant, typed.data.task, BuildContext(datamodule=datamodule, seed=cfg.seed)
+    )
     for name, param in adapter.model.named_parameters():
         param.requires_grad_(adapter.is_trainable(name))
     optimizer_obj = adapter.make_optimizer(instantiate(cfg.optimizer))

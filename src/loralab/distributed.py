@@ -126,10 +126,11 @@ def check_trainer(cfg: Any) -> None:
                 "may be slower than 32-true",
                 precision,
             )
-    if family and (cfg.get("variant") or {}).get("name") == "delta_lora":
+    variant = (cfg.get("variant") or {}).get("name")
+    if family and variant and _updates_base_weights(variant):
         raise ConfigError(
-            "variant=delta_lora updates the base weights, which a sharded strategy splits between processes "
-            "and the saved adapter does not carry: use trainer=ddp (or gpu) with Delta-LoRA"
+            f"variant={variant} updates the base weights, which a sharded strategy splits between processes "
+            "and the saved adapter does not carry: use trainer=ddp (or gpu) with it"
         )
     merge_check = (cfg.get("callbacks") or {}).get("merge_check") or {}
     if family and merge_check.get("rebuild") == "never":
@@ -266,3 +267,10 @@ def clean_name(name: str) -> str:
     for part in WRAPPER_PARTS:
         name = name.replace(part, "")
     return name
+
+
+def _updates_base_weights(variant: str) -> bool:
+    """Whether the registered variant changes the base weights themselves (its spec says so)."""
+    from loralab.variants import get_variant
+
+    return get_variant(variant).updates_base_weights

@@ -133,7 +133,11 @@ def _setup(cfg: DictConfig, typed) -> tuple:
         check_causal(base, source.name)
     gpu = cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto") and torch.cuda.is_available()
     context = BuildContext(
-        datamodule, run_dir if zero else None, Path(ckpt).parent if ckpt else None, cfg.seed, "cuda" if gpu else "cpu"
+        datamodule=datamodule,
+        run_dir=run_dir if zero else None,
+        resume_dir=Path(ckpt).parent if ckpt else None,
+        seed=cfg.seed,
+        device="cuda" if gpu else "cpu",
     )
     adapter = spec.build(base, typed.variant, typed.data.task, context)
     callbacks = [*adapter.callbacks, *callbacks]

@@ -4,6 +4,7 @@ original base, resume from a checkpoint, and the variant's own facts in summary.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -14,6 +15,7 @@ from hydra.utils import instantiate
 from safetensors.torch import load_file
 
 from loralab.train import train
+from loralab.variants.registry import _REGISTRY
 from tests.conftest import TINY, compose_config
 
 COMMON = [
@@ -61,8 +63,8 @@ def variant_run(request, tmp_path_factory):
         initial.update({n: p.detach().clone() for n, p in info.model.named_parameters()})
         return info
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(spec, "build", recording_build)
+    with pytest.MonkeyPatch.context() as mp:  # specs are frozen: the registry gets a recording copy
+        mp.setitem(_REGISTRY, spec.name, dataclasses.replace(spec, build=recording_build))
         summary, objects = train(cfg)
     return case, cfg, summary, objects, Path(cfg.paths.run_dir), initial
 

@@ -118,3 +118,28 @@ def test_run_directory_file_names_have_one_owner():
             if isinstance(node, ast.Constant) and node.value in names - {"adapter", "checkpoints"}:
                 found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.value!r}")
     assert not found, f"run-directory file names written outside loralab.rundir: {found}"
+
+
+def test_specs_are_keyword_only_and_frozen():
+    """A variant is declared by keywords and cannot be changed once registered; what it needs beyond
+    LoRA's defaults is a field of its spec (Delta-LoRA's updates_base_weights), not its name
+    written into another part."""
+    import dataclasses
+
+    import pytest
+
+    from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, get_variant, registered_variants
+
+    spec = get_variant("lora")
+    with pytest.raises(TypeError):
+        VariantSpec("x", spec.schema, spec.build, spec.is_trainable)  # the positional form is refused
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.build = None
+    with pytest.raises(TypeError):
+        BuildContext(None, None)
+    assert all(f.kw_only for cls in (AdapterInfo, BuildContext, VariantSpec) for f in dataclasses.fields(cls))
+    moving = {s.name for s in registered_variants() if s.updates_base_weights}
+    assert moving == {"delta_lora"}
+    # the sharded-strategy refusal reads the spec, not the name
+    source = (PACKAGE / "distributed.py").read_text()
+    assert '"delta_lora"' not in source and "updates_base_weights" in source

@@ -220,7 +220,7 @@ def test_lora_drop_stage2_starts_from_the_untouched_base(tmp_path, tiny_tokenize
     )
     head = model.score.weight.detach().clone()
     cfg = LoraDropConfig(r=4, stage1_steps=3, stage1_lr=0.05, sample_fraction=0.5)
-    info = get_variant("lora_drop").build(model, cfg, "seq_cls", BuildContext(dm, seed=1))
+    info = get_variant("lora_drop").build(model, cfg, "seq_cls", BuildContext(datamodule=dm, seed=1))
     assert info.facts["stage1_loss_first"] != info.facts["stage1_loss_last"]  # stage 1 trained
     wrapped = info.model.base_model.model.score
     assert torch.equal(wrapped.original_module.weight, head)

@@ -58,15 +58,39 @@ def lora_config(cfg: LoraVariantConfig, task: str, found: Resolution, **override
     return LoraConfig(**{**kwargs, **overrides})
 
 
+def lora_model(
+    model: torch.nn.Module, cfg: LoraVariantConfig, task: str, **flags: Any
+) -> tuple[torch.nn.Module, Resolution]:
+    """Check the targets, then wrap the model with a peft LoRA adapter built with `flags`; the
+    peft model and what its targets resolved to."""
+    from peft import get_peft_model
+
+    found = check_targets(model, cfg, task)
+    return get_peft_model(model, lora_config(cfg, task, found, **flags)), found
+
+
+def adapter_info(
+    peft_model: torch.nn.Module, spec: VariantSpec, cfg: Any, task: str, found: Resolution, **extra: Any
+) -> AdapterInfo:
+    """The finished handle a builder returns (`extra`: facts, callbacks, save_adapter)."""
+    return AdapterInfo(
+        model=peft_model,
+        spec=spec,
+        cfg=cfg,
+        task=task,
+        target_matches=found.targets,
+        modules_to_save_matches=found.saves,
+        heads=found.heads,
+        **extra,
+    )
+
+
 def build_lora(
     model: torch.nn.Module, cfg: LoraVariantConfig, task: str, spec: VariantSpec, **flags: Any
 ) -> AdapterInfo:
     """Check the targets, then wrap the model with a peft LoRA adapter built with `flags`."""
-    from peft import get_peft_model
-
-    found = check_targets(model, cfg, task)
-    peft_model = get_peft_model(model, lora_config(cfg, task, found, **flags))
-    return AdapterInfo(peft_model, spec, cfg, task, found.targets, found.saves, heads=found.heads)
+    peft_model, found = lora_model(model, cfg, task, **flags)
+    return adapter_info(peft_model, spec, cfg, task, found)
 
 
 def is_trainable(name: str, cfg: LoraVariantConfig) -> bool:
@@ -81,7 +105,7 @@ def build(
     return build_lora(model, cfg, task, SPEC)
 
 
-SPEC = register_variant(VariantSpec("lora", LoraVariantConfig, build, is_trainable))
+SPEC = register_variant(VariantSpec(name="lora", schema=LoraVariantConfig, build=build, is_trainable=is_trainable))
 
 
 @dataclass
@@ -103,7 +127,9 @@ def build_rslora(
     return build_lora(model, cfg, task, RSLORA, use_rslora=True)
 
 
-RSLORA = register_variant(VariantSpec("rslora", RsLoraConfig, build_rslora, is_trainable))
+RSLORA = register_variant(
+    VariantSpec(name="rslora", schema=RsLoraConfig, build=build_rslora, is_trainable=is_trainable)
+)
 
 
 @dataclass
@@ -118,4 +144,4 @@ def build_dora(model: torch.nn.Module, cfg: DoraConfig, task: str, context: Buil
     return build_lora(model, cfg, task, DORA, use_dora=True)
 
 
-DORA = register_variant(VariantSpec("dora", DoraConfig, build_dora, is_trainable))
+DORA = register_variant(VariantSpec(name="dora", schema=DoraConfig, build=build_dora, is_trainable=is_trainable))

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loralab.errors import ConfigError
-from loralab.variants.lora import ADAPTER, is_trainable, lora_config, lora_layers
+from loralab.variants.lora import ADAPTER, adapter_info, is_trainable, lora_config, lora_layers
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
 from loralab.variants.schema import LoraVariantConfig
 from loralab.variants.targets import Resolution, check_targets, layer_of
@@ -322,7 +322,7 @@ def build(model: torch.nn.Module, cfg: LoraDropConfig, task: str, context: Build
     }
     if context.run_dir is not None and not resumed:
         facts["plot"] = str(plot_importance(facts["importance"], cfg.threshold, context.run_dir / PLOT_FILE))
-    return AdapterInfo(model, SPEC, cfg, task, found.targets, found.saves, heads=found.heads, facts=facts)
+    return adapter_info(model, SPEC, cfg, task, found, facts=facts)
 
 
-SPEC = register_variant(VariantSpec("lora_drop", LoraDropConfig, build, is_trainable))
+SPEC = register_variant(VariantSpec(name="lora_drop", schema=LoraDropConfig, build=build, is_trainable=is_trainable))

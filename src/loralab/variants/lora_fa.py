@@ -48,4 +48,4 @@ def check_optimizer_fits(variant: str, full: Any) -> None:
         )
 
 
-SPEC = register_variant(VariantSpec("lora_fa", LoraFAConfig, build, is_trainable))
+SPEC = register_variant(VariantSpec(name="lora_fa", schema=LoraFAConfig, build=build, is_trainable=is_trainable))

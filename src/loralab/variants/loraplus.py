@@ -59,4 +59,13 @@ def make_optimizer(adapter: AdapterInfo, factory: Callable[..., torch.optim.Opti
     return optimizer
 
 
-SPEC = register_variant(VariantSpec("loraplus", LoraPlusConfig, build, is_trainable, check, make_optimizer))
+SPEC = register_variant(
+    VariantSpec(
+        name="loraplus",
+        schema=LoraPlusConfig,
+        build=build,
+        is_trainable=is_trainable,
+        check=check,
+        make_optimizer=make_optimizer,
+    )
+)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from loralab.errors import ConfigError
 from loralab.io import write_dir
 from loralab.rundir import ADAPTER_WEIGHTS
-from loralab.variants.lora import build_lora, is_trainable
+from loralab.variants.lora import adapter_info, is_trainable, lora_model
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
 from loralab.variants.schema import LoraVariantConfig
 
@@ -63,27 +63,26 @@ def build(model: torch.nn.Module, cfg: PissaConfig, task: str, context: BuildCon
     """SVD-initialised LoRA; the initial adapter is kept (run_dir/pissa_init) for the conversion."""
     import torch
 
-    info = build_lora(model, cfg, task, SPEC, init_lora_weights=cfg.init)
+    peft_model, found = lora_model(model, cfg, task, init_lora_weights=cfg.init)
     run_dir = context.run_dir if context is not None and context.run_dir is not None else None
     init_dir = (run_dir if run_dir is not None else Path(tempfile.mkdtemp(prefix="loralab-"))) / INIT_DIR
     # the initial state is the same on every (re)build: the SVD of the same W0
-    write_dir(init_dir, lambda tmp: info.model.save_pretrained(str(tmp)))
+    write_dir(init_dir, lambda tmp: peft_model.save_pretrained(str(tmp)))
 
     def save(directory: Path) -> None:
         # the conversion loads the initial adapter into fresh LoRA layers, whose random init would
         # draw from the global RNG after the checkpoint recorded it: resume would then diverge
         cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
         with torch.random.fork_rng(devices=cuda):
-            info.model.save_pretrained(str(directory), path_initial_model_for_weight_conversion=str(init_dir))
-        keep_trained_copies(info.model, Path(directory))
+            peft_model.save_pretrained(str(directory), path_initial_model_for_weight_conversion=str(init_dir))
+        keep_trained_copies(peft_model, Path(directory))
 
-    info.save_adapter = save
-    info.facts = {
+    facts = {
         "init": cfg.init,
         "initial_adapter_dir": str(init_dir),
         "export": f"plain LoRA of rank {2 * cfg.r} against the original base (ΔW = B·A − B0·A0)",
     }
-    return info
+    return adapter_info(peft_model, SPEC, cfg, task, found, facts=facts, save_adapter=save)
 
 
 def keep_trained_copies(model: torch.nn.Module, directory: Path) -> None:
@@ -101,4 +100,6 @@ def keep_trained_copies(model: torch.nn.Module, directory: Path) -> None:
         save_file({**converted, **missing}, str(path), metadata={"format": "pt"})
 
 
-SPEC = register_variant(VariantSpec("pissa", PissaConfig, build, is_trainable, check))
+SPEC = register_variant(
+    VariantSpec(name="pissa", schema=PissaConfig, build=build, is_trainable=is_trainable, check=check)
+)

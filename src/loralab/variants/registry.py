@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # torch loads with the model, after the config checks that us
     import torch
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class BuildContext:
     """What a builder may use besides the model: the data (LoRA-drop's first stage trains on a
     sample of it), the run directory, and the checkpoint directory a resumed run starts from."""
@@ -27,9 +27,10 @@ class BuildContext:
     device: str = "cpu"
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class AdapterInfo:
-    """What a builder applied: the peft model plus the facts callbacks and reports need."""
+    """What a builder applied, finished when the builder returns it: the peft model plus the facts
+    callbacks and reports need, the variant's own callbacks and its way of saving."""
 
     model: torch.nn.Module
     spec: VariantSpec
@@ -71,7 +72,7 @@ def default_optimizer(model: torch.nn.Module, factory: Callable[..., torch.optim
     return factory([p for p in model.parameters() if p.requires_grad])
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class VariantSpec:
     """A variant: its config schema, how to apply it, and which parameters it trains.
     `check(variant_cfg, full_cfg)` refuses bad combinations with other groups before anything
@@ -88,6 +89,9 @@ class VariantSpec:
     # LoRA's rank cannot exceed a target's min(d_in, d_out), so a larger r is refused; VeRA's r is
     # the width of its shared random projections and may exceed it
     rank_at_most_width: bool = True
+    # the variant changes the base weights themselves (Delta-LoRA): a sharded strategy, which
+    # splits them between processes, is refused
+    updates_base_weights: bool = False
 
     def check_targets(self, model: torch.nn.Module, cfg: Any, task: str = "causal_lm") -> None:
         """Check the variant's targets against the model's module tree (a meta-device skeleton

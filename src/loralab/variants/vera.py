@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from loralab.config.values import check_seed
 from loralab.errors import ConfigError
-from loralab.variants.lora import peft_task
+from loralab.variants.lora import adapter_info, peft_task
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
 from loralab.variants.schema import AdapterVariantConfig
 from loralab.variants.targets import Resolution, check_targets, trains
@@ -116,7 +116,7 @@ def build(model: nn.Module, cfg: VeraVariantConfig, task: str, context: BuildCon
         "vera_A_shape": list(projections[0].shape),
         "vera_B_shape": list(projections[1].shape),
     }
-    return AdapterInfo(peft_model, SPEC, cfg, task, found.targets, found.saves, heads=found.heads, facts=facts)
+    return adapter_info(peft_model, SPEC, cfg, task, found, facts=facts)
 
 
 def is_trainable(name: str, cfg: VeraVariantConfig) -> bool:
@@ -126,6 +126,11 @@ def is_trainable(name: str, cfg: VeraVariantConfig) -> bool:
 
 SPEC = register_variant(
     VariantSpec(
-        "vera", VeraVariantConfig, build, is_trainable, check_model=check_linear_targets, rank_at_most_width=False
+        name="vera",
+        schema=VeraVariantConfig,
+        build=build,
+        is_trainable=is_trainable,
+        check_model=check_linear_targets,
+        rank_at_most_width=False,
     )
 )

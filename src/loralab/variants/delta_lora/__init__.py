@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from loralab.errors import ConfigError
-from loralab.variants.lora import build_lora, is_trainable
+from loralab.variants.lora import adapter_info, is_trainable, lora_model
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
 from loralab.variants.schema import LoraVariantConfig
 
@@ -64,9 +64,9 @@ def build(model: torch.nn.Module, cfg: DeltaLoraConfig, task: str, context: Buil
     """A peft LoRA adapter plus the callback that moves W."""
     from loralab.variants.delta_lora.callbacks import DeltaLoraUpdate, DeltaWExport
 
-    info = build_lora(model, cfg, task, SPEC)
-    update = DeltaLoraUpdate(info.model, cfg.delta_lambda, cfg.update_start)
-    info.facts = {
+    peft_model, found = lora_model(model, cfg, task)
+    update = DeltaLoraUpdate(peft_model, cfg.delta_lambda, cfg.update_start)
+    facts = {
         "delta_lambda": cfg.delta_lambda,
         "update_start": cfg.update_start,
         "updates_applied": 0,
@@ -75,11 +75,28 @@ def build(model: torch.nn.Module, cfg: DeltaLoraConfig, task: str, context: Buil
             "the trained model; the rank-r (A_T, B_T) alone does not (W moved); merged/ is the primary artefact"
         ),
     }
-    info.callbacks = [update]
+    callbacks = [update]
     if context is not None and context.run_dir is not None:
-        info.callbacks.append(DeltaWExport(update, context.run_dir / "delta_w", info.facts))
-    info.save_adapter = lambda directory: update.save_adapter(info.model, directory)
-    return info
+        callbacks.append(DeltaWExport(update, context.run_dir / "delta_w", facts))
+    return adapter_info(
+        peft_model,
+        SPEC,
+        cfg,
+        task,
+        found,
+        facts=facts,
+        callbacks=callbacks,
+        save_adapter=lambda directory: update.save_adapter(peft_model, directory),
+    )
 
 
-SPEC = register_variant(VariantSpec("delta_lora", DeltaLoraConfig, build, is_trainable, check))
+SPEC = register_variant(
+    VariantSpec(
+        name="delta_lora",
+        schema=DeltaLoraConfig,
+        build=build,
+        is_trainable=is_trainable,
+        check=check,
+        updates_base_weights=True,
+    )
+)
