@@ -36,7 +36,7 @@ import torch
 
 from loralab.console import to_log_files
 from loralab.distributed import clean_name, collectives_done, full_parameters
-from loralab.errors import DISK_FULL, CheckpointError, ConfigError, LoralabError, NonFiniteError
+from loralab.errors import DISK_FULL, CheckpointError, ConfigError, LoralabError, NonFiniteError, first_line
 from loralab.io import dir_bytes, write_dir, write_json
 from loralab.rundir import ADAPTER_WEIGHTS, STATE_FILE, checkpoint_state_file, file_hashes, state_digest, tensor_digest
 from loralab.rundir import CHECKPOINT_META as META_FILE
@@ -224,8 +224,7 @@ def _write_failed(exc: OSError, what: str, kept: str | None = None) -> Checkpoin
 
 def _save_failed(exc: Exception, what: str, kept: str) -> CheckpointError:
     """An error of the variant's own saving code as one line; its traceback goes to train.log."""
-    text = str(exc).strip().splitlines()
-    cause = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    cause = first_line(exc)
     to_log_files(f"saving {what} failed:\n" + "".join(traceback.format_exception(exc)))
     return CheckpointError(f"saving {what} failed ({cause}); {kept}; the traceback is in train.log")
 

@@ -19,7 +19,7 @@ import torch
 
 from loralab.console import to_log_files
 from loralab.distributed import sharded_strategy
-from loralab.errors import ConfigError, MergeCheckError
+from loralab.errors import ConfigError, MergeCheckError, first_line
 from loralab.io import write_dir, write_json
 from loralab.loggers import attach_file
 from loralab.models.quantized import dequantized_copy, quantization_of
@@ -82,11 +82,6 @@ def unwrap_trained_copies(peft_model: torch.nn.Module) -> None:
         if isinstance(module, ModulesToSaveWrapper):
             parent, _, child = name.rpartition(".")
             setattr(peft_model.get_submodule(parent), child, module.modules_to_save[module.active_adapters[0]])
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def _logits(model: torch.nn.Module, batch: dict) -> torch.Tensor:
@@ -168,8 +163,8 @@ class MergeCheck(pl.Callback):
             )
             self.report = {
                 "passed": False,
-                "error": _first_line(exc),
-                "message": f"merge check could not merge or compare the model ({_first_line(exc)}); {where}; "
+                "error": first_line(exc),
+                "message": f"merge check could not merge or compare the model ({first_line(exc)}); {where}; "
                 "the traceback is in train.log",
             }
         path = write_json(self.run_dir / MERGE_REPORT, self.report)
@@ -306,7 +301,7 @@ class MergeCheck(pl.Callback):
         except KeyError as exc:  # peft looks up each module's tensors by key
             return {**out, "error": "PeftModel.from_pretrained failed", "missing_keys": [str(exc.args[0])]}
         except Exception as exc:  # noqa: BLE001 (whatever keeps plain peft from loading it)
-            return {**out, "error": f"PeftModel.from_pretrained failed ({_first_line(exc)})"}
+            return {**out, "error": f"PeftModel.from_pretrained failed ({first_line(exc)})"}
         expected = set(get_peft_model_state_dict(loaded))
         out["missing_keys"] = sorted(expected - found)
         out["unexpected_keys"] = sorted(found - expected)
