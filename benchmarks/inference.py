@@ -34,13 +34,13 @@ def measure(overrides: list[str], repeats: int, new_tokens: int) -> dict:
     torch.manual_seed(cfg.seed)
     source = instantiate(cfg.model)
     tokenizer = source.load_tokenizer()
-    datamodule = LoraDataModule(typed.data, tokenizer, cache_dir=cfg.paths.cache_dir)
+    datamodule = LoraDataModule(typed.data, tokenizer, cache_dir=cfg.paths.cache_dir, task=source.task_for(typed.data))
     datamodule.setup("fit")
-    base = source.load_model(typed.data.task, datamodule.labels).eval()
+    base = source.load_model(datamodule.task.name, datamodule.labels).eval()
     adapter = get_variant(typed.variant.name).build(
-        source.load_model(typed.data.task, datamodule.labels),
+        source.load_model(datamodule.task.name, datamodule.labels),
         typed.variant,
-        typed.data.task,
+        datamodule.task.name,
         BuildContext(datamodule=datamodule),
     )
     for name, param in adapter.model.named_parameters():

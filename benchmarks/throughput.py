@@ -49,11 +49,11 @@ def _prepared(overrides: list[str]) -> tuple[Any, Any, Any, Any, list[int]]:
     source = instantiate(cfg.model)
     tokenizer = source.load_tokenizer()
     tokenizer.padding_side = "right"  # as loralab pads
-    datamodule = LoraDataModule(typed.data, tokenizer, cache_dir=cfg.paths.cache_dir)
+    datamodule = LoraDataModule(typed.data, tokenizer, cache_dir=cfg.paths.cache_dir, task=source.task_for(typed.data))
     datamodule.setup("fit")
     rows = datamodule.train_set.select_columns(["input_ids", "labels"])
     order = list(iter(ResumableRandomSampler(len(rows), typed.data.seed)))
-    model = source.load_model(typed.data.task, datamodule.labels)
+    model = source.load_model(datamodule.task.name, datamodule.labels)
     return cfg, tokenizer, rows, model, order
 
 

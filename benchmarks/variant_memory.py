@@ -60,11 +60,13 @@ def measure(case: str, overrides: list[str], r: int, steps: int) -> dict:
     typed = validate(cfg)
     torch.manual_seed(cfg.seed)
     source = instantiate(cfg.model)
-    datamodule = LoraDataModule(typed.data, source.load_tokenizer(), cache_dir=cfg.paths.cache_dir)
+    datamodule = LoraDataModule(
+        typed.data, source.load_tokenizer(), cache_dir=cfg.paths.cache_dir, task=source.task_for(typed.data)
+    )
     datamodule.setup("fit")
-    model = source.load_model(typed.data.task, datamodule.labels)
+    model = source.load_model(datamodule.task.name, datamodule.labels)
     adapter = get_variant(variant).build(
-        model, typed.variant, typed.data.task, BuildContext(datamodule=datamodule, seed=cfg.seed)
+        model, typed.variant, datamodule.task.name, BuildContext(datamodule=datamodule, seed=cfg.seed)
     )
     for name, param in adapter.model.named_parameters():
         param.requires_grad_(adapter.is_trainable(name))

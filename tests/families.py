@@ -91,6 +91,36 @@ FAMILIES: dict[str, tuple[dict, tuple[str, ...], str]] = {
         ("seq_cls",),
         "encoder; head named neither classifier nor score (sequence_summary, logits_proj)",
     ),
+    "t5": (
+        {
+            "model_type": "t5",
+            "d_model": 64,
+            "d_kv": 16,
+            "d_ff": 128,
+            "num_layers": 2,
+            "num_decoder_layers": 2,
+            "num_heads": 4,
+            "relative_attention_num_buckets": 8,
+            "feed_forward_proj": "gated-gelu",
+        },
+        ("seq2seq",),
+        "encoder-decoder; no biases; relative position buckets; gated FFN wi_0/wi_1; tied shared embedding",
+    ),
+    "bart": (
+        {
+            "model_type": "bart",
+            "d_model": 64,
+            "encoder_layers": 2,
+            "decoder_layers": 2,
+            "encoder_attention_heads": 4,
+            "decoder_attention_heads": 4,
+            "encoder_ffn_dim": 128,
+            "decoder_ffn_dim": 128,
+            "max_position_embeddings": 512,
+        },
+        ("seq2seq",),
+        "encoder-decoder; biases; learned positions; cross-attention encoder_attn; decoder starts from eos",
+    ),
 }
 
 
@@ -99,9 +129,10 @@ def save_family(family: str, task: str, root: Path, labels: list[str] | None = N
     ones the matrix trains) with random weights drawn from `seed` and save it, with loralab's small
     tokenizer, under root/<family>-<task> (once)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     from loralab.models.sources import TINY_TOKENIZER_DIR
+    from loralab.tasks import get_task
 
     target = Path(root) / f"{family}-{task}"
     if (target / "config.json").is_file():
@@ -123,7 +154,9 @@ def save_family(family: str, task: str, root: Path, labels: list[str] | None = N
             "label2id": {n: i for i, n in enumerate(labels)},
         }
     config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **ids, **values, **extra)
-    cls = AutoModelForSequenceClassification if task == "seq_cls" else AutoModelForCausalLM
+    if config.is_encoder_decoder and getattr(config, "decoder_start_token_id", None) is None:
+        config.decoder_start_token_id = tokenizer.pad_token_id  # T5's convention
+    cls = get_task(task).model_class()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls.from_config(config)

@@ -13,20 +13,15 @@ import torch
 from transformers import GenerationConfig
 
 from loralab.distributed import sharded_strategy
+from loralab.tasks import get_task
 from loralab.variants.registry import AdapterInfo
 
 log = logging.getLogger(__name__)
 
 
-# a causal LM builds a key/value cache on every forward unless told not to (its config's use_cache
-# is for generation): training and validation never read it, and it costs copies and memory
-# (transformers' Trainer turns it off too). Outputs are the same.
-NO_CACHE = {"use_cache": False}
-
-
 class LoraModule(pl.LightningModule):
-    """Trains the adapter in `adapter.model`; logs train/loss, val/loss, val/ppl and
-    val/exact_match (causal LM) or val/accuracy (classification)."""
+    """Trains the adapter in `adapter.model` for its task; logs train/loss, val/loss, val/ppl and
+    the task's metric: val/exact_match (causal LM, seq2seq) or val/accuracy (classification)."""
 
     def __init__(
         self,
@@ -47,7 +42,7 @@ class LoraModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.max_new_tokens = max_new_tokens
         self.generation_batch_size = generation_batch_size
-        self.classification = adapter.task == "seq_cls"
+        self.task = get_task(adapter.task)
         # frozen base weights are not part of checkpoints (see AdapterCheckpoint)
         self.strict_loading = False
         self.tokens_seen = 0
@@ -67,19 +62,17 @@ class LoraModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         world = self.trainer.world_size
-        if self.classification:
-            loss = self.model(**batch).loss
-        elif world == 1:
-            loss = self.model(**batch, **NO_CACHE).loss
+        if world == 1 or not self.task.token_loss:
+            loss = self.task.forward(self.model, batch).loss
         else:
             # the mean over every predicted token of the global batch, as one process computes
             # it: each rank divides its token-loss sum by (global tokens / world size), and the
             # strategy's gradient average makes that sum / global tokens. (The model's own mean
             # per rank would weigh a rank's tokens by 1 / its own count.)
-            local = torch.stack([(batch["labels"][:, 1:] != -100).sum(), batch["attention_mask"].sum()]).float()
+            local = torch.stack([self.task.predicted(batch), batch["attention_mask"].sum()]).float()
             predicted, seen = self.trainer.strategy.reduce(local, reduce_op="sum")
             self._global_tokens = int(seen)  # throughput is counted over every process
-            loss = self.model(**batch, **NO_CACHE, num_items_in_batch=(predicted / world).clamp_min(1e-6)).loss
+            loss = self.task.forward(self.model, batch, num_items=(predicted / world).clamp_min(1e-6)).loss
         self.log(
             "train/loss",
             loss,
@@ -111,15 +104,9 @@ class LoraModule(pl.LightningModule):
         self._val_sums = []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        out = self.model(**batch) if self.classification else self.model(**batch, **NO_CACHE)
-        labels = batch["labels"]
-        if self.classification:
-            count = torch.tensor(float(labels.numel()), device=self.device)
-            correct = (out.logits.argmax(-1) == labels).sum().float()
-        else:
-            # the model averages over predicted tokens: labels shifted by one, -100 ignored
-            count = (labels[:, 1:] != -100).sum().float()
-            correct = torch.zeros((), device=self.device)
+        out = self.task.forward(self.model, batch)
+        # the model's loss is a mean over `count` positions: the epoch's loss weighs batches by it
+        count, correct = self.task.val_counts(out, batch)
         self._val_sums.append(torch.stack([out.loss.detach().float() * count, count, correct]))
 
     def on_validation_epoch_end(self) -> None:
@@ -128,9 +115,9 @@ class LoraModule(pl.LightningModule):
         loss = (sums[0] / sums[1].clamp_min(1)).item()
         self.log("val/loss", loss, prog_bar=True, rank_zero_only=True)
         self.log("val/ppl", math.exp(min(loss, 50.0)), rank_zero_only=True)
-        if self.classification:
+        if self.task.metric == "accuracy":
             self.log("val/accuracy", (sums[2] / sums[1].clamp_min(1)).item(), prog_bar=True)
-        else:
+        elif self.task.generates:
             rows = getattr(self.trainer.datamodule, "generation_set", None) or []
             if rows and sharded_strategy(self.trainer):
                 # greedy decoding runs the model outside the strategy's forward, which under
@@ -148,29 +135,19 @@ class LoraModule(pl.LightningModule):
 
     @torch.no_grad()
     def generate_answers(self, prompts: list[list[int]]) -> list[str]:
-        """Greedy completions of token-id prompts (left-padded in batches)."""
+        """Greedy answers to token-id prompts, in batches, as the task generates them."""
         tok = self.tokenizer
         config = GenerationConfig(
             max_new_tokens=self.max_new_tokens,
             do_sample=False,
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
+            decoder_start_token_id=getattr(self.model.config, "decoder_start_token_id", None),
         )
         answers: list[str] = []
         for start in range(0, len(prompts), self.generation_batch_size):
             chunk = prompts[start : start + self.generation_batch_size]
-            width = max(len(p) for p in chunk)
-            ids = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, p in enumerate(chunk):
-                ids[i, width - len(p) :] = torch.tensor(p)
-                mask[i, width - len(p) :] = 1
-            out = self.model.generate(
-                input_ids=ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                generation_config=config,
-            )
-            answers += tok.batch_decode(out[:, width:], skip_special_tokens=True)
+            answers += self.task.generate(self.model, chunk, tok, config)
         return [a.strip() for a in answers]
 
     def exact_match(self, rows: list[dict]) -> float:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+
+from loralab.variants.lora_fa import lorafa_optimizer
 
 
 def warmup_cosine(
@@ -28,29 +29,5 @@ def warmup_cosine(
     return LambdaLR(optimizer, factor)
 
 
-def lorafa(model: torch.nn.Module, lr: float, weight_decay: float = 0.0) -> Optimizer:
-    """peft's LoRA-FA optimizer (AdamW on B with B's gradient projected through (A·Aᵀ)⁻¹).
-
-    peft puts every parameter of the model in its one group; only the adapter's trainable tensors
-    and the frozen A each B is paired with are kept, and the A's are listed as `frozen_inputs`:
-    read by the optimizer, never updated.
-    """
-    from peft.optimizers import create_lorafa_optimizer
-
-    config = model.peft_config["default"]
-    optimizer = create_lorafa_optimizer(
-        model, r=config.r, lora_alpha=config.lora_alpha, lr=lr, weight_decay=weight_decay
-    )
-    for group in optimizer.param_groups:
-        keep = [
-            i
-            for i, (p, n) in enumerate(zip(group["params"], group["names"], strict=True))
-            if p.requires_grad or ".lora_A." in n
-        ]
-        for key in ("params", "names", "scaling_factors"):
-            group[key] = [group[key][i] for i in keep]
-        group["frozen_inputs"] = [n for n in group["names"] if ".lora_A." in n]
-    return optimizer
-
-
-lorafa.takes_model = True
+# configs saved before the LoRA-FA optimizer moved into its variant name it here (a rerun reads them)
+lorafa = lorafa_optimizer

@@ -9,7 +9,6 @@ loralab-rerun RUN_DIR --verify trainer.max_steps=80             # a changed sett
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -19,15 +18,7 @@ from typing import Any
 
 from loralab.errors import LoralabError
 from loralab.reporting.run_meta import FORMAT_VERSION
-from loralab.rundir import (
-    RESOLVED_CONFIG,
-    RUN_META,
-    SUMMARY_FILE,
-    TRAIN_LOG,
-    adapter_problem,
-    check_writable,
-    read_json,
-)
+from loralab.rundir import GIT_DIFF, RunDir, RunFileError, check_writable
 
 log = logging.getLogger("loralab")
 
@@ -36,31 +27,24 @@ class RerunError(LoralabError):
     """A run directory that cannot be rerun or verified."""
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise RerunError(f"{path.parent} has no {path.name}: {what}") from exc
-    except ValueError as exc:
-        raise RerunError(f"{path} is not valid JSON ({exc}): the run directory is damaged") from exc
-
-
 def load_original(run_dir: Path) -> tuple[Any, dict]:
     """The saved resolved config and run_meta.json of a run directory, checked."""
-    from omegaconf import OmegaConf
-
     if not run_dir.is_dir():
         raise RerunError(f"{run_dir} is not a directory: pass the run directory a training run wrote")
-    meta = _read_json(run_dir / RUN_META, "pass the run directory a training run wrote (it holds run_meta.json)")
+    run = RunDir(run_dir)
+    try:
+        meta = run.meta(needed="pass the run directory a training run wrote (it holds run_meta.json)")
+    except RunFileError as exc:
+        raise RerunError(str(exc)) from exc
     version = meta.get("format_version")
-    if version is None or not (run_dir / meta.get("config_file", RESOLVED_CONFIG)).is_file():
+    if version is None or not run.config_file(meta).is_file():
         raise RerunError(
             f"{run_dir} was written by an older loralab (no saved resolved config): rerun it by hand with its "
             f"overrides: loralab-train {' '.join(meta.get('overrides') or [])}".rstrip()
         )
     if version > FORMAT_VERSION:
         raise RerunError(f"{run_dir} was written by a newer loralab (format {version}); upgrade loralab to rerun it")
-    return OmegaConf.load(run_dir / meta["config_file"]), meta
+    return run.resolved_config(meta), meta
 
 
 def environment_differences(meta: dict, run_dir: Path) -> list[str]:
@@ -70,17 +54,13 @@ def environment_differences(meta: dict, run_dir: Path) -> list[str]:
     notes = []
     then = meta.get("git") or {}
     now = git_state(Path(__file__).resolve().parents[2])
-    old_diff = (
-        (run_dir / then["diff_file"]).read_text()
-        if then.get("diff_file") and (run_dir / then["diff_file"]).is_file()
-        else None
-    )
+    old_diff = RunDir(run_dir).saved_diff(then.get("diff_file"))
     if then.get("commit") != now.get("commit"):
         notes.append(f"git commit differs: original {then.get('commit')}, now {now.get('commit')}")
     elif (old_diff or None) != (now.get("diff") or None):
         notes.append(
             f"the source tree's uncommitted changes differ from the original run's (commit {now.get('commit')}; "
-            f"the original's are in {run_dir / (then.get('diff_file') or 'git_diff.patch')})"
+            f"the original's are in {run_dir / (then.get('diff_file') or GIT_DIFF)})"
         )
     versions = package_versions()
     changed = [
@@ -177,8 +157,12 @@ def verify(original_dir: Path, new_dir: Path) -> list[str]:
     (exact float equality) and every adapter tensor (bitwise)."""
     import torch
 
-    a = _read_json(original_dir / SUMMARY_FILE, "the original run has no summary")
-    b = _read_json(new_dir / SUMMARY_FILE, "the rerun wrote no summary")
+    original, new = RunDir(original_dir), RunDir(new_dir)
+    try:
+        a = original.summary(needed="the original run has no summary")
+        b = new.summary(needed="the rerun wrote no summary")
+    except RunFileError as exc:
+        raise RerunError(str(exc)) from exc
     diffs = []
     for key in ("status", "global_step", "trainable_params", "final_train_loss"):
         if a.get(key) != b.get(key):
@@ -187,9 +171,9 @@ def verify(original_dir: Path, new_dir: Path) -> list[str]:
     for key in sorted(set(before) | set(after)):
         if before.get(key) != after.get(key):
             diffs.append(f"{key}: {before.get(key)!r} -> {after.get(key)!r}")
-    ta, tb = _tensors(original_dir / "adapter"), _tensors(new_dir / "adapter")
+    ta, tb = _tensors(original.adapter_dir), _tensors(new.adapter_dir)
     if not ta:
-        diffs.append(f"the original run has no adapter tensors in {original_dir / 'adapter'}")
+        diffs.append(f"the original run has no adapter tensors in {original.adapter_dir}")
     for name in sorted(set(ta) | set(tb)):
         if name not in ta or name not in tb:
             diffs.append(f"adapter tensor {name}: only in the {'rerun' if name in tb else 'original'}")
@@ -208,7 +192,7 @@ def _log_to(run_dir: Path) -> None:
     fmt = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s")
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / TRAIN_LOG)):
+    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(RunDir(run_dir).train_log_path)):
         handler.setFormatter(fmt)
         root.addHandler(handler)
 
@@ -225,10 +209,11 @@ def rerun(
 
     run_dir = Path(run_dir).expanduser().resolve()
     original, meta = load_original(run_dir)
-    summary = read_json(run_dir / SUMMARY_FILE)
+    run = RunDir(run_dir)
+    summary = run.summary(lenient=True)
     if check and summary.get("status") != "completed":
         raise RerunError(f"{run_dir} did not complete (see its summary.json): there is nothing to verify against")
-    problem = adapter_problem(run_dir, summary) if check else None
+    problem = run.adapter_problem(summary) if check else None
     if problem:  # found before the rerun trains, not blamed on it afterwards
         raise RerunError(
             f"the original run's adapter is damaged ({problem}): there is nothing to verify against; rerun "
@@ -284,7 +269,7 @@ def rerun(
         if len(diffs) > 12:
             print(f"  ... and {len(diffs) - 12} more", file=sys.stderr)
         return 1
-    n = len(_tensors(new_dir / "adapter"))
+    n = len(_tensors(RunDir(new_dir).adapter_dir))
     print(f"loralab-rerun: verify passed: final metrics and {n} adapter tensors are bitwise identical ({new_dir})")
     return 0
 

@@ -3,10 +3,8 @@ Hydra callback that collects every job's status, and the comparison report, when
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,27 +12,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from loralab.io import write_json
-from loralab.rundir import (
-    HYDRA_DIR,
-    REPLACED,
-    RUN_META,
-    SUMMARY_FILE,
-    SWEEP_SUMMARY,
-    TRAIN_LOG,
-    job_state,
-    quote_override,
-    resolve_same_as,
-)
+from loralab.rundir import FINISHED, RunDir, SweepDir, quote_override
 
 log = logging.getLogger("loralab")
-
-
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def plan_job(cfg: DictConfig, write: bool = True) -> dict | None:
@@ -49,82 +29,49 @@ def plan_job(cfg: DictConfig, write: bool = True) -> dict | None:
     things yet."""
     from loralab.reporting.run_meta import config_hash
 
-    run_dir = Path(cfg.paths.run_dir)
-    sweep_dir = run_dir.parent
+    run = RunDir(cfg.paths.run_dir)
+    sweep = SweepDir(run.path.parent)
     wanted = config_hash(cfg)
-    own_hash, own_status = job_state(run_dir)
+    own_hash, own_status = run.state()
     if own_hash == wanted and own_status == "completed":
-        log.info("sweep resume: %s already completed this config (hash %s), skipped", run_dir, wanted)
-        return _read(run_dir / SUMMARY_FILE)
+        log.info("sweep resume: %s already completed this config (hash %s), skipped", run, wanted)
+        return run.summary(lenient=True)
     if own_hash is not None and own_hash != wanted and not write:
         own_hash = None  # rank 0 moves it away; this rank trains like rank 0
     if own_hash is not None and own_hash != wanted:
-        keep = sweep_dir / REPLACED / f"{run_dir.name}-{own_hash}"
-        n = 1
-        while keep.exists():  # the same config moved out before: keep both
-            n += 1
-            keep = sweep_dir / REPLACED / f"{run_dir.name}-{own_hash}-{n}"
-        keep.mkdir(parents=True)
-        for item in run_dir.iterdir():
-            if item.name not in (HYDRA_DIR, TRAIN_LOG):
-                shutil.move(str(item), keep / item.name)
-        log.info("sweep resume: %s held another config (hash %s), moved to %s", run_dir, own_hash, keep)
+        keep = sweep.set_aside(run, own_hash)
+        log.info("sweep resume: %s held another config (hash %s), moved to %s", run, own_hash, keep)
         own_hash = None
-    for other in sorted({*sweep_dir.glob(f"*/{RUN_META}"), *sweep_dir.glob(f"{REPLACED}/*/{RUN_META}")}):
-        other = other.parent
-        if other != run_dir and job_state(other) == (wanted, "completed"):
-            log.info("sweep resume: %s already completed this config (hash %s), skipped", other, wanted)
-            summary = {
-                "status": "skipped",
-                "error": None,
-                "same_as": str(other),
-                "config_hash": wanted,
-                "run_dir": str(run_dir),
-            }
-            if write:
-                write_json(run_dir / SUMMARY_FILE, summary)
-            return summary
+    other = sweep.completed(wanted, besides=run)
+    if other is not None:
+        log.info("sweep resume: %s already completed this config (hash %s), skipped", other, wanted)
+        summary = {
+            "status": "skipped",
+            "error": None,
+            "same_as": str(other),
+            "config_hash": wanted,
+            "run_dir": str(run),
+        }
+        if write:
+            run.write_summary(summary)
+        return summary
     if own_hash == wanted and cfg.get("resume") is None and cfg.get("ckpt_path") is None:
         if own_status == "damaged":
             log.warning(
                 "sweep resume: %s completed but its adapter is damaged: rebuilding it from its newest checkpoint",
-                run_dir,
+                run,
             )
         else:
-            log.info("sweep resume: %s was interrupted, continuing from its newest checkpoint", run_dir)
+            log.info("sweep resume: %s was interrupted, continuing from its newest checkpoint", run)
         with open_dict(cfg):
             cfg.resume = "auto"
     return None
 
 
-def _job_order(path: Path) -> tuple:
-    name = path.parent.name
-    return (0, int(name), "") if name.isdigit() else (1, 0, name)
-
-
 def collect_jobs(sweep_dir: str | Path) -> list[dict]:
     """One entry per job directory (those Hydra created, with .hydra/): its status and error from
     summary.json, or `failed` with "no summary.json" when the job died before writing one."""
-    jobs = []
-    for job_dir in sorted(Path(sweep_dir).glob("*/.hydra"), key=_job_order):
-        job_dir = job_dir.parent
-        summary = job_dir / SUMMARY_FILE
-        entry: dict[str, Any] = {"job": job_dir.name, "run_dir": str(job_dir)}
-        if summary.is_file():
-            data = _read(summary)
-            entry.update(status=data.get("status", "unknown"), error=data.get("error"))
-            if data.get("same_as"):
-                found = resolve_same_as(data, job_dir)
-                entry["same_as"] = str(found) if found else None
-                if found is None:
-                    entry.update(status="failed", error=f"skipped as a repeat of {data['same_as']}, which is gone")
-        else:
-            entry.update(status="failed", error="no summary.json: the job stopped before training")
-        overrides = job_dir / HYDRA_DIR / "overrides.yaml"
-        if overrides.is_file():
-            entry["overrides"] = list(OmegaConf.load(overrides))
-        jobs.append(entry)
-    return jobs
+    return SweepDir(sweep_dir).jobs()
 
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -249,10 +196,11 @@ class SweepReport(Callback):
             sys.exit(1)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = collect_jobs(sweep_dir)
-        failed = [j for j in jobs if j["status"] not in ("completed", "skipped")]
-        write_json(sweep_dir / SWEEP_SUMMARY, {"jobs": len(jobs), "failed": len(failed), "runs": jobs})
+        sweep = SweepDir(config.hydra.sweep.dir)
+        sweep_dir = sweep.path
+        jobs = sweep.jobs()
+        failed = [j for j in jobs if j["status"] not in FINISHED]
+        sweep.write_summary({"jobs": len(jobs), "failed": len(failed), "runs": jobs})
         if len(failed) < len(jobs):
             from loralab.compare import compare
             from loralab.errors import LoralabError
@@ -266,7 +214,7 @@ class SweepReport(Callback):
         if failed:
             detail = "; ".join(f"job {j['job']}: {j['error']}" for j in failed[:3])
             print(
-                f"loralab: {len(failed)} of {len(jobs)} sweep jobs failed ({detail}); see {sweep_dir / SWEEP_SUMMARY}",
+                f"loralab: {len(failed)} of {len(jobs)} sweep jobs failed ({detail}); see {sweep.summary_path}",
                 file=sys.stderr,
             )
             raise SystemExit(1)

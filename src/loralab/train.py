@@ -30,7 +30,6 @@ from loralab.errors import Interrupted
 from loralab.io import set_aside
 from loralab.launcher import adopt_launcher
 from loralab.loggers import close_wandb
-from loralab.models.checks import check_causal
 from loralab.module import LoraModule
 from loralab.process import interrupts_before_fit
 from loralab.reporting.run_meta import flat_config, write_run_meta
@@ -111,8 +110,9 @@ def _setup(cfg: DictConfig, typed) -> tuple:
     rank_zero_only.rank = env_rank()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     source = instantiate(cfg.model)  # cheap: checks the model's location
+    task = source.task_for(typed.data)  # from the data format and the model's config
     spec = get_variant(typed.variant.name)
-    spec.check_targets(source.skeleton(typed.data.task), typed.variant, typed.data.task)  # the module tree, no weights
+    spec.check_targets(source.skeleton(task.name), typed.variant, task.name)  # the module tree, no weights
     ckpt = find_checkpoint(cfg.ckpt_path, cfg.resume, run_dir / "checkpoints")
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     if ckpt is not None and zero:
@@ -122,15 +122,14 @@ def _setup(cfg: DictConfig, typed) -> tuple:
     loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
 
     tokenizer = source.load_tokenizer()  # 2. data, before the model: data errors come fast
-    datamodule = LoraDataModule(typed.data, tokenizer, cache_dir=cfg.paths.cache_dir)
+    datamodule = LoraDataModule(typed.data, tokenizer, cache_dir=cfg.paths.cache_dir, task=task)
     datamodule.setup("fit")
     if zero:
         write_run_meta(run_dir, cfg, source.describe(), datamodule.describe())
 
-    source.check_head(typed.data.task, datamodule.labels)
-    base = source.load_model(typed.data.task, datamodule.labels)  # 3. model + variant
-    if typed.data.task == "causal_lm":
-        check_causal(base, source.name)
+    source.check_head(task.name, datamodule.labels)
+    base = source.load_model(task.name, datamodule.labels)  # 3. model + variant
+    task.check_model(base, source.name)
     gpu = cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto") and torch.cuda.is_available()
     context = BuildContext(
         datamodule=datamodule,
@@ -139,7 +138,7 @@ def _setup(cfg: DictConfig, typed) -> tuple:
         seed=cfg.seed,
         device="cuda" if gpu else "cpu",
     )
-    adapter = spec.build(base, typed.variant, typed.data.task, context)
+    adapter = spec.build(base, typed.variant, task.name, context)
     callbacks = [*adapter.callbacks, *callbacks]
     module = LoraModule(
         adapter,

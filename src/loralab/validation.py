@@ -66,7 +66,7 @@ def validate(cfg: DictConfig) -> ValidatedConfig:
     is refused at once; those that ask the machine (CUDA, bitsandbytes, deepspeed) come last."""
     from loralab.distributed import check_trainer
     from loralab.variants import get_variant
-    from loralab.variants.lora_fa import check_optimizer_fits
+    from loralab.variants.registry import registered_variants
 
     missing = OmegaConf.missing_keys(cfg)
     if missing:
@@ -95,7 +95,9 @@ def validate(cfg: DictConfig) -> ValidatedConfig:
     check_trainer_values(cfg.get("trainer"))
     check_optimizer_values(cfg.get("optimizer"))
     check_scheduler_values(cfg.get("scheduler"))
-    check_optimizer_fits(spec.name, cfg)
+    for owner in registered_variants():  # rules a variant makes of every run (LoRA-FA: its optimizer)
+        if owner.check_any_run is not None:
+            owner.check_any_run(spec.name, cfg)
     if spec.check is not None:
         spec.check(variant, cfg)
     if quantization is not None:
@@ -123,10 +125,13 @@ def check_config(cfg, skeletons: dict | None = None):
 
         check_wandb_env()
     skeletons = {} if skeletons is None else skeletons
-    key = (OmegaConf.to_yaml(cfg.model, resolve=True), typed.data.task)
+    key = (OmegaConf.to_yaml(cfg.model, resolve=True), typed.data.task, typed.data.format)
     if key not in skeletons:
-        skeletons[key] = _check_model_location(cfg).skeleton(typed.data.task)
-    get_variant(typed.variant.name).check_targets(skeletons[key], typed.variant, typed.data.task)
+        source = _check_model_location(cfg)
+        task = source.task_for(typed.data)  # a task the model cannot do is refused here
+        skeletons[key] = (task.name, source.skeleton(task.name))
+    task, skeleton = skeletons[key]
+    get_variant(typed.variant.name).check_targets(skeleton, typed.variant, task)
     return typed
 
 

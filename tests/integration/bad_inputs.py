@@ -479,6 +479,27 @@ CASES: list[Case] = [
         "loralab: error: In 'train': Could not find 'data/dates2'; Available options in 'data': dates, hub, local, topics, word_sort",
     ),
     Case(
+        "unknown task",
+        "config choices",
+        T,
+        ["data.task=seq2sq"],
+        "loralab: error: unknown task 'seq2sq': set data.task to one of ['causal_lm', 'seq2seq', 'seq_cls'] (or leave it unset)",
+    ),
+    Case(
+        "causal LM task on an encoder-decoder",
+        "config choices",
+        T,
+        ["model=tiny_t5", "data.task=causal_lm"],
+        "loralab: error: model tiny_t5 is an encoder-decoder: it cannot train as data.task=causal_lm; set data.task=seq2seq, or leave data.task unset to choose from the model",
+    ),
+    Case(
+        "seq2seq task on labelled data",
+        "config choices",
+        T,
+        ["data=topics", "data.task=seq2seq"],
+        "loralab: error: data.task=seq2seq cannot train on data.format=classification (it reads prompt_completion, chat): set data.task to one of ['seq_cls'], or leave data.task unset",
+    ),
+    Case(
         "LoRA-FA optimizer with DoRA",
         "config choices",
         T,
@@ -1564,7 +1585,7 @@ CLASSES = {
     "resume": "Checkpoints that cannot be continued from.",
     "signals": (
         "Ctrl-C or SIGTERM while the data and the model load (each runs as a process of its own and is sent the "
-        "signal): status `interrupted`, exit 128 + the signal. During training see README, Crashes."
+        "signal): status `interrupted`, exit 128 + the signal. During training see docs/reliability.md."
     ),
     "environment": "Settings that come from the environment, not the config.",
     "rerun": "`loralab-rerun`: what it runs again and what it verifies against (recorded hashes are checked first).",

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from loralab.data.builtin import TOPICS
+from loralab.tasks import TASKS, get_task
 from loralab.train import train
 from loralab.variants.registry import registered_variants
 from tests.conftest import compose_config
@@ -30,7 +31,7 @@ VARIANTS = sorted(spec.name for spec in registered_variants())
 # `make test` runs every family once (vanilla LoRA) and every variant on the structural extremes: a head
 # nested in a module (RoBERTa), Conv1D (GPT-2), fused projections (Phi-3). The rest of the matrix is
 # marked `matrix`: `make test-matrix` runs it, and so does .ci/run after `make test`.
-EVERY_VARIANT_ON = {("roberta", "seq_cls"), ("gpt2", "causal_lm"), ("phi3", "causal_lm")}
+EVERY_VARIANT_ON = {("roberta", "seq_cls"), ("gpt2", "causal_lm"), ("phi3", "causal_lm"), ("t5", "seq2seq")}
 CASES = [
     pytest.param(family, task, variant, id=f"{family}-{task}-{variant}", marks=[] if core else [pytest.mark.matrix])
     for family, (_, tasks, _) in FAMILIES.items()
@@ -48,22 +49,15 @@ def family_dirs(tmp_path_factory) -> Path:
 
 
 def _model(task: str, path: Path) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    cls = AutoModelForSequenceClassification if task == "seq_cls" else AutoModelForCausalLM
-    return cls.from_pretrained(path).eval()
-
-
-def _logits(model: torch.nn.Module, batch: dict) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return get_task(task).model_class().from_pretrained(path).eval()
 
 
 def test_the_matrix_covers_the_structures():
-    """At least 8 families, decoders and encoders, both tasks, and every registered variant."""
+    """At least 8 families, decoders, encoders and encoder-decoders, every task, and every registered
+    variant."""
     assert len(FAMILIES) >= 8
     tasks = {task for _, tasks, _ in FAMILIES.values() for task in tasks}
-    assert tasks == {"causal_lm", "seq_cls"}
+    assert tasks == set(TASKS)
     assert set(VARIANT_ARGS) <= set(VARIANTS) and len(VARIANTS) >= 9
 
 
@@ -90,8 +84,8 @@ def test_family_variant(family, task, variant, family_dirs, tmp_path):
     # on its own: adapter/ in plain peft on a fresh base against merged/
     batch = next(iter(objects["datamodule"].val_dataloader()))
     loaded = PeftModel.from_pretrained(_model(task, model_dir), run / "adapter").eval()
-    merged = _logits(_model(task, run / "merged"), batch)
-    assert ((_logits(loaded, batch) - merged).abs().max() / merged.abs().max()).item() <= tol
+    merged = get_task(task).logits(_model(task, run / "merged"), batch)
+    assert ((get_task(task).logits(loaded, batch) - merged).abs().max() / merged.abs().max()).item() <= tol
 
     manifest = json.loads((run / "freeze_manifest.json").read_text())
     adapted = {n for entry in manifest["targets"].values() for layer in entry["layers"].values() for n in layer}

@@ -25,12 +25,12 @@ COMMON = ["model=tiny", "debug=fast", "~callbacks.progress", "trainer.max_steps=
 DDP = ["trainer=ddp_cpu", "trainer.devices=2", "data.train_batch_size=4"]
 
 
-def launch(tmp_path: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+def launch(tmp_path: Path, run_dir: Path, *overrides: str, common: list[str] = COMMON) -> subprocess.CompletedProcess:
     env = {**os.environ, "LORALAB_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
     for key in ("HYDRA_FULL_ERROR", "LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK"):
         env.pop(key, None)
     proc = subprocess.run(
-        [sys.executable, "-m", "loralab", *COMMON, *overrides, f"hydra.run.dir={run_dir}"],
+        [sys.executable, "-m", "loralab", *common, *overrides, f"hydra.run.dir={run_dir}"],
         capture_output=True,
         text=True,
         env=env,
@@ -149,3 +149,27 @@ def test_resume_with_another_number_of_processes_is_refused(runs):
     assert last.startswith("loralab: error: the checkpoint was saved by 2 process(es) and this run has 1"), last
     assert (again / "adapter/adapter_model.safetensors").is_file()
     assert (again / "checkpoints/step-0000004/checkpoint.json").is_file()
+
+
+def test_seq2seq_two_processes_train_what_one_process_trains(tmp_path):
+    """An encoder-decoder's loss under DDP is the token-loss sum over the global batch's answer
+    tokens (computed from the logits: the model takes no num_items_in_batch), as one process."""
+    # T5 has dropout of its own (dropout_rate 0.1), and each process draws its own masks: off here
+    common = [
+        "model=tiny_t5",
+        "+model.config.dropout_rate=0.0",
+        "debug=fast",
+        "~callbacks.progress",
+        "trainer.max_steps=4",
+    ]
+    common += ["logger=csv"]
+    launch(tmp_path, tmp_path / "single", "data.train_batch_size=8", "variant.dropout=0", common=common)
+    launch(tmp_path, tmp_path / "ddp", *DDP, "variant.dropout=0", common=common)
+    single = load_file(tmp_path / "single/adapter/adapter_model.safetensors")
+    ddp = load_file(tmp_path / "ddp/adapter/adapter_model.safetensors")
+    assert single.keys() == ddp.keys()
+    for name in single:
+        torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-6, msg=name)
+    s, d = summary(tmp_path / "single"), summary(tmp_path / "ddp")
+    assert d["final_train_loss"] == pytest.approx(s["final_train_loss"], rel=1e-4)
+    assert d["after"]["val/loss"] == pytest.approx(s["after"]["val/loss"], rel=1e-4)

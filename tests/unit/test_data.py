@@ -6,11 +6,17 @@ import json
 
 import pytest
 
-from loralab.data import formatting
 from loralab.data.builtin import generate
 from loralab.data.datamodule import LoraDataModule, PadCollator
+from loralab.data.formats import FORMATS
 from loralab.data.schema import DataConfig
 from loralab.errors import DataError
+from loralab.tasks import get_task
+from loralab.tasks.base import Item
+
+
+def encode(tokenizer, item: Item, max_length: int, task: str = "causal_lm") -> dict:
+    return get_task(task).encode(tokenizer, item, max_length, None)
 
 
 def test_builtin_tasks_are_deterministic_and_disjoint():
@@ -31,7 +37,7 @@ def test_word_sort_answer_is_sorted():
 
 
 def test_prompt_tokens_are_masked(tiny_tokenizer):
-    enc = formatting.encode_prompt_completion(tiny_tokenizer, "Convert: May 1, 2000", "2000-05-01", 128)
+    enc = encode(tiny_tokenizer, Item(prompt="Convert: May 1, 2000", answer="2000-05-01"), 128)
     labels, ids = enc["labels"], enc["input_ids"]
     n_prompt = enc["prompt_length"]
     assert all(x == -100 for x in labels[:n_prompt])
@@ -43,7 +49,7 @@ def test_prompt_tokens_are_masked(tiny_tokenizer):
 
 def test_without_chat_template_completion_ends_with_eos(tiny_tokenizer):
     tiny_tokenizer.chat_template = None
-    enc = formatting.encode_prompt_completion(tiny_tokenizer, "Q: 1+1=", " 2", 128)
+    enc = encode(tiny_tokenizer, Item(prompt="Q: 1+1=", answer=" 2"), 128)
     completion = enc["input_ids"][enc["prompt_length"] :]
     assert completion[-1] == tiny_tokenizer.eos_token_id
     assert tiny_tokenizer.decode(enc["input_ids"]).startswith("Q: 1+1= 2")
@@ -56,18 +62,19 @@ def test_chat_format_trains_last_assistant_turn(tiny_tokenizer):
         {"role": "user", "content": "bye"},
         {"role": "assistant", "content": "see you"},
     ]
-    enc = formatting.encode_chat(tiny_tokenizer, msgs, 256)
+    item = FORMATS["chat"].item({"messages": msgs}, DataConfig())
+    enc = encode(tiny_tokenizer, item, 256)
     trained = tiny_tokenizer.decode([i for i, lab in zip(enc["input_ids"], enc["labels"], strict=True) if lab != -100])
     assert trained.startswith("see you") and "hello" not in trained
 
 
 def test_truncation_drops_examples_without_completion(tiny_tokenizer):
-    enc = formatting.encode_prompt_completion(tiny_tokenizer, "word " * 50, "answer", 10)
+    enc = encode(tiny_tokenizer, Item(prompt="word " * 50, answer="answer"), 10)
     assert enc["truncated"] and not enc["keep"] and len(enc["input_ids"]) == 10
 
 
 def test_collator_pads_to_longest_in_batch():
-    collate = PadCollator(pad_id=0, classification=False)
+    collate = PadCollator(pad_id=0, task="causal_lm")
     batch = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5], "labels": [5]}])
     assert batch["input_ids"].shape == (2, 3)
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]

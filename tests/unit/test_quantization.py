@@ -116,7 +116,9 @@ def kernel_error(info, batch: dict) -> float:
     CPUs); about bf16's rounding where its CPU kernel takes another path (seen on AVX-512 with native
     bf16); LLM.int8 also quantizes activations. Tolerances on the dequantized model are taken from
     it, not from one machine's figures."""
-    from loralab.callbacks.merge_check import _logits
+    from loralab.tasks import get_task
+
+    _logits = get_task("causal_lm").logits
 
     floats = dict(dequantized_copy(info.model).named_modules())
     errors: list[float] = []
@@ -175,7 +177,10 @@ def test_quantized_merge_check(tmp_path, bits, layer):
 
 def test_requantizing_merge_would_fail_the_check(tmp_path):
     """peft's own merge into a 4-bit base requantizes W0 + ΔW: the merge check must not do that."""
-    from loralab.callbacks.merge_check import _logits, compare_logits
+    from loralab.callbacks.merge_check import compare_logits
+    from loralab.tasks import get_task
+
+    _logits = get_task("causal_lm").logits
 
     info, tok, _ = _quantized_adapter(4)
     batch = _batch(tok)

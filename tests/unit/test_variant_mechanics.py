@@ -232,8 +232,8 @@ def test_lorafa_optimizer_projects_b_gradient():
     is -lr·sign(g), so the signs tell the two apart."""
     from functools import partial
 
-    from loralab.optim import lorafa
     from loralab.variants.lora_fa import LoraFAConfig
+    from loralab.variants.lora_fa import lorafa_optimizer as lorafa
 
     batch = _batch()
     updates = {}

@@ -21,24 +21,30 @@ and a full disk leaves the checkpoints already written as they were.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
-import random
 import re
 import shutil
 import traceback
 from pathlib import Path
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 
+from loralab import rng
 from loralab.console import to_log_files
 from loralab.distributed import clean_name, collectives_done, full_parameters
 from loralab.errors import DISK_FULL, CheckpointError, ConfigError, LoralabError, NonFiniteError, first_line
 from loralab.io import dir_bytes, write_dir, write_json
-from loralab.rundir import ADAPTER_WEIGHTS, STATE_FILE, checkpoint_state_file, file_hashes, state_digest, tensor_digest
+from loralab.rundir import (
+    ADAPTER_WEIGHTS,
+    STATE_FILE,
+    checkpoint_state_file,
+    file_hashes,
+    read_checkpoint_meta,
+    state_digest,
+    tensor_digest,
+)
 from loralab.rundir import CHECKPOINT_META as META_FILE
 
 log = logging.getLogger(__name__)
@@ -125,7 +131,7 @@ def list_checkpoints(dirpath: str | Path) -> list[dict]:
     out = []
     for path in sorted(Path(dirpath).glob("step-*")):
         if _complete(path):
-            meta = json.loads((path / META_FILE).read_text())
+            meta = read_checkpoint_meta(path)
             out.append({**meta, "path": str(path)})
     return sorted(out, key=lambda m: m["step"])
 
@@ -145,7 +151,7 @@ def verify_checkpoint(directory: str | Path) -> None:
     """Raise CheckpointError unless the checkpoint's training state and adapter hold the tensors
     its checkpoint.json recorded (SHA-256)."""
     directory = Path(directory)
-    meta = json.loads((directory / META_FILE).read_text())
+    meta = read_checkpoint_meta(directory)
     state_file = directory / STATE_FILE
     if state_file.is_file() and meta.get("trainable_sha256"):  # (DeepSpeed's is a directory)
         if state_digest(load_state(state_file)["state_dict"]) != meta["trainable_sha256"]:
@@ -259,17 +265,10 @@ class AdapterCheckpoint(pl.Callback):
         # the data position is counted in per-process batches: resume with as many processes
         checkpoint[WORLD_KEY] = trainer.world_size
         # every process's own RNG state (dropout masks differ between ranks): each resumes its own
-        states = [self.state_dict()]
-        if trainer.world_size > 1:
-            import torch.distributed as dist
-
-            states = [None] * trainer.world_size
-            dist.all_gather_object(states, self.state_dict())  # every rank saves: a collective
-        checkpoint[RNG_KEY] = states
+        checkpoint[RNG_KEY] = rng.capture_all(trainer.world_size)  # every rank saves: a collective
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        states = checkpoint.get(RNG_KEY)
-        self._own_rng = states[trainer.global_rank] if states else None
+        self._own_rng = rng.own(checkpoint.get(RNG_KEY), trainer.global_rank)
         saved_world = checkpoint.get(WORLD_KEY, 1)
         if saved_world != trainer.world_size:
             raise CheckpointError(
@@ -288,27 +287,13 @@ class AdapterCheckpoint(pl.Callback):
             )
 
     def state_dict(self) -> dict:
-        np_state = np.random.get_state()
-        state = {
-            "rng_torch": torch.get_rng_state(),
-            "rng_python": random.getstate(),
-            "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["rng_cuda"] = torch.cuda.get_rng_state_all()
-        return state
+        """The callback's state in the checkpoint: this process's RNG states (loralab.rng)."""
+        return rng.capture()
 
     def load_state_dict(self, state: dict) -> None:
         # Lightning hands every process rank 0's callback state; this process's own, when the
         # checkpoint has it (read in on_load_checkpoint, which Lightning calls first)
-        state = getattr(self, "_own_rng", None) or state
-        if "rng_torch" in state:
-            torch.set_rng_state(state["rng_torch"])
-            random.setstate(state["rng_python"])
-            kind, keys, *rest = state["rng_numpy"]
-            np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
-        if "rng_cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        rng.restore(getattr(self, "_own_rng", None) or state)
 
     # ---- saving -----------------------------------------------------------------------------
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -103,15 +103,15 @@ def verify_frozen(info: AdapterInfo, optimizers: list[Any] | None = None) -> Non
     leaked = [n for n, p in named if p.requires_grad and not info.is_trainable(n)]
     if optimizers:
         owner = {id(p): n for n, p in named}
+        # frozen tensors the variant's optimizer reads but never updates (LoRA-FA's A)
+        reads = info.spec.optimizer_reads or (lambda name: False)
         for opt in optimizers:
             for group in opt.param_groups:
-                # tensors an optimizer reads but never updates (LoRA-FA's frozen A), and says so
-                read_only = set(group.get("frozen_inputs", ()))
                 leaked += [
                     owner.get(id(p), "<unknown>")
                     for p in group["params"]
                     if not info.is_trainable(owner.get(id(p), ""))
-                    and not (owner.get(id(p)) in read_only and not p.requires_grad)
+                    and not (reads(owner.get(id(p), "")) and not p.requires_grad)
                 ]
     if leaked:
         leaked = sorted(set(leaked))

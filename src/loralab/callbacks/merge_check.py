@@ -24,6 +24,7 @@ from loralab.io import write_dir, write_json
 from loralab.loggers import attach_file
 from loralab.models.quantized import dequantized_copy, quantization_of
 from loralab.rundir import ADAPTER_WEIGHTS, MERGE_REPORT
+from loralab.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +83,6 @@ def unwrap_trained_copies(peft_model: torch.nn.Module) -> None:
         if isinstance(module, ModulesToSaveWrapper):
             parent, _, child = name.rpartition(".")
             setattr(peft_model.get_submodule(parent), child, module.modules_to_save[module.active_adapters[0]])
-
-
-def _logits(model: torch.nn.Module, batch: dict) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
 
 
 class MergeCheck(pl.Callback):
@@ -238,7 +234,8 @@ class MergeCheck(pl.Callback):
             dtype = quantized["compute_dtype"]
         tol_name = f"quantized_{quantized['bits']}bit" if quantized else dtype
         tol = self.tolerance.get(tol_name, self.tolerance["float32"])
-        mask = batch["attention_mask"]
+        mask = get_task(task).logit_mask(batch)
+        _logits = get_task(task).logits
 
         ref = _logits(peft_model, batch)
         with peft_model.disable_adapter():
@@ -305,13 +302,10 @@ class MergeCheck(pl.Callback):
         expected = set(get_peft_model_state_dict(loaded))
         out["missing_keys"] = sorted(expected - found)
         out["unexpected_keys"] = sorted(found - expected)
-        return {**out, **compare_logits(merged, _logits(loaded, batch), mask)}
+        return {**out, **compare_logits(merged, get_task(task).logits(loaded, batch), mask)}
 
     def _reload(self, task: str, dtype: str) -> torch.nn.Module:
-        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-        cls = AutoModelForSequenceClassification if task == "seq_cls" else AutoModelForCausalLM
-        return cls.from_pretrained(self.merged_dir, dtype=getattr(torch, dtype))
+        return get_task(task).model_class().from_pretrained(self.merged_dir, dtype=getattr(torch, dtype))
 
     def summary_fields(self) -> dict:
         """The merge result for summary.json."""

@@ -13,39 +13,31 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from loralab.data import formatting
+from loralab import tasks
+from loralab.data import formats
 from loralab.data.builtin import generate
 from loralab.data.checks import check_examples, check_local_file, check_not_all_empty
+from loralab.data.formats import FORMATS
 from loralab.data.schema import LOCAL_SUFFIXES, DataConfig
 from loralab.errors import DataError
+from loralab.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
-# a change to the formatting code must not reuse token caches made by the old code
-FORMAT_CODE = hashlib.sha256(Path(formatting.__file__).read_bytes()).hexdigest()[:12]
+# a change to the encoding code must not reuse token caches made by the old code
+FORMAT_CODE = hashlib.sha256(
+    b"".join(p.read_bytes() for p in [Path(formats.__file__), *sorted(Path(tasks.__file__).parent.glob("*.py"))])
+).hexdigest()[:12]
 
 
 class PadCollator:
-    """Pads each batch to its own longest example (right padding, masked)."""
+    """Pads each batch to its own longest example (right padding, masked); the task pads its labels."""
 
-    def __init__(self, pad_id: int, classification: bool) -> None:
+    def __init__(self, pad_id: int, task: Task | str) -> None:
         self.pad_id = pad_id
-        self.classification = classification
+        self.task = get_task(task)
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        width = max(len(ex["input_ids"]) for ex in examples)
-        ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(examples), width), dtype=torch.long)
-        for i, ex in enumerate(examples):
-            n = len(ex["input_ids"])
-            ids[i, :n] = torch.tensor(ex["input_ids"])
-            mask[i, :n] = 1
-        if self.classification:
-            labels = torch.tensor([ex["labels"] for ex in examples], dtype=torch.long)
-        else:
-            labels = torch.full((len(examples), width), formatting.IGNORE_INDEX, dtype=torch.long)
-            for i, ex in enumerate(examples):
-                labels[i, : len(ex["labels"])] = torch.tensor(ex["labels"])
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        return self.task.collate(examples, self.pad_id)
 
 
 class ResumableRandomSampler(DistributedSampler):
@@ -98,22 +90,8 @@ class ResumableRandomSampler(DistributedSampler):
         return self.num_samples
 
 
-def _encode(example: dict, tokenizer: Any, cfg: DataConfig, label_ids: dict | None) -> dict:
-    if cfg.format == "prompt_completion":
-        return formatting.encode_prompt_completion(
-            tokenizer,
-            str(example[cfg.prompt_column]),
-            str(example[cfg.completion_column]),
-            cfg.max_length,
-        )
-    if cfg.format == "chat":
-        return formatting.encode_chat(tokenizer, example[cfg.messages_column], cfg.max_length)
-    return formatting.encode_classification(
-        tokenizer,
-        str(example[cfg.text_column]),
-        label_ids[str(example[cfg.label_column])],
-        cfg.max_length,
-    )
+def _encode(example: dict, tokenizer: Any, cfg: DataConfig, task: Task, label_ids: dict | None) -> dict:
+    return task.encode(tokenizer, FORMATS[cfg.format].item(example, cfg), cfg.max_length, label_ids)
 
 
 def fingerprint_rows(rows: Any) -> str:
@@ -126,11 +104,16 @@ def fingerprint_rows(rows: Any) -> str:
 
 
 class LoraDataModule(pl.LightningDataModule):
-    """Built-in, local-file or hub data, formatted for causal-LM SFT or classification."""
+    """Built-in, local-file or hub data in one of the formats, encoded for the task (default: the
+    format's own, causal LM for text)."""
 
-    def __init__(self, cfg: DataConfig, tokenizer: Any, cache_dir: str | Path | None = None) -> None:
+    def __init__(
+        self, cfg: DataConfig, tokenizer: Any, cache_dir: str | Path | None = None, task: Task | str | None = None
+    ) -> None:
         super().__init__()
         self.cfg = cfg
+        self.format = FORMATS[cfg.format]
+        self.task = get_task(task if task is not None else cfg.default_task)
         self.tokenizer = tokenizer
         self.cache_dir = Path(cache_dir).expanduser() / "tokenized" if cache_dir else None
         self.train_set = self.val_set = None
@@ -150,7 +133,7 @@ class LoraDataModule(pl.LightningDataModule):
             return Dataset.from_list(train), Dataset.from_list(val)
         try:
             if cfg.source == "local":
-                label = cfg.label_column if cfg.format == "classification" else None
+                label = cfg.label_column if self.format.labelled else None
                 for path in filter(None, (cfg.train_file, cfg.val_file)):
                     check_local_file(path, label)  # a bad line by its number, before Arrow reads it
                 kind = LOCAL_SUFFIXES[Path(cfg.train_file).suffix.lower()]
@@ -203,16 +186,12 @@ class LoraDataModule(pl.LightningDataModule):
         """Columns first, then every example's values; an all-empty completion column is refused
         and a few empty ones are counted."""
         self._check_columns(ds, split)
-        cfg = self.cfg
-        kinds = {
-            "prompt_completion": {cfg.prompt_column: "text", cfg.completion_column: "text"},
-            "chat": {cfg.messages_column: "chat"},
-            "classification": {cfg.text_column: "text", cfg.label_column: "label"},
-        }[cfg.format]
+        kinds = self.format.kinds(self.cfg)
         columns = {c: ds[c] for c in kinds}
         check_examples(columns, kinds, where)
-        if cfg.format == "prompt_completion":
-            empty = check_not_all_empty(columns[cfg.completion_column], cfg.completion_column, where)
+        answers = self.format.answer_column(self.cfg)
+        if answers is not None:
+            empty = check_not_all_empty(columns[answers], answers, where)
             if empty:
                 log.warning(
                     "%s: %d of %d completions are empty (only the end token is learnt there)", where, empty, len(ds)
@@ -242,12 +221,7 @@ class LoraDataModule(pl.LightningDataModule):
         self.val_in_train = shared
 
     def _required_columns(self) -> list[str]:
-        cfg = self.cfg
-        return {
-            "prompt_completion": [cfg.prompt_column, cfg.completion_column],
-            "chat": [cfg.messages_column],
-            "classification": [cfg.text_column, cfg.label_column],
-        }[cfg.format]
+        return self.format.columns(self.cfg)
 
     def _check_columns(self, ds: Any, split: str) -> None:
         missing = [c for c in self._required_columns() if c not in ds.column_names]
@@ -255,13 +229,9 @@ class LoraDataModule(pl.LightningDataModule):
             return
         cfg = self.cfg
         fits = [
-            fmt
-            for fmt, needs in (
-                ("chat", [cfg.messages_column]),
-                ("classification", [cfg.text_column, cfg.label_column]),
-                ("prompt_completion", [cfg.prompt_column, cfg.completion_column]),
-            )
-            if fmt != cfg.format and all(c in ds.column_names for c in needs)
+            name
+            for name, fmt in sorted(FORMATS.items())
+            if name != cfg.format and all(c in ds.column_names for c in fmt.columns(cfg))
         ]
         fix = (
             f"its columns fit data.format={fits[0]}: set that"
@@ -271,7 +241,7 @@ class LoraDataModule(pl.LightningDataModule):
         raise DataError(f"{split} data has columns {ds.column_names} but format {cfg.format} needs {missing}: {fix}")
 
     def _label_ids(self, train: Any, val: Any) -> dict | None:
-        if self.cfg.format != "classification":
+        if not self.format.labelled:
             return None
         col = self.cfg.label_column
         labels = list(self.cfg.labels) if self.cfg.labels else sorted({str(v) for v in train[col]})
@@ -297,7 +267,7 @@ class LoraDataModule(pl.LightningDataModule):
         return hashlib.sha256((text + str(self.tokenizer.chat_template)).encode()).hexdigest()[:16]
 
     def _tokenize(self, ds: Any, split: str, label_ids: dict | None) -> Any:
-        fn = partial(_encode, tokenizer=self.tokenizer, cfg=self.cfg, label_ids=label_ids)
+        fn = partial(_encode, tokenizer=self.tokenizer, cfg=self.cfg, task=self.task, label_ids=label_ids)
         kwargs: dict = {"remove_columns": ds.column_names, "desc": f"tokenizing {split}"}
         if self.cache_dir is not None:
             settings = json.dumps(
@@ -307,6 +277,7 @@ class LoraDataModule(pl.LightningDataModule):
                     self._tokenizer_key,
                     FORMAT_CODE,
                     self.cfg.format,
+                    self.task.name,
                     self.cfg.max_length,
                     self._required_columns(),
                     label_ids,
@@ -371,29 +342,20 @@ class LoraDataModule(pl.LightningDataModule):
     def _generation_examples(self, raw_val: Any) -> list[dict]:
         """A fixed held-out subset for exact match: the first val prompts and their answers."""
         n = min(self.cfg.generation_examples, len(raw_val))
-        if self.cfg.format == "classification" or n == 0:
+        if not self.task.generates or n == 0:
             return []
         rows = []
         for ex in raw_val.select(range(n)):
-            enc = _encode(ex, self.tokenizer, self.cfg, None)
-            if not enc["keep"]:
-                continue
-            if self.cfg.format == "chat":
-                reference = ex[self.cfg.messages_column][-1]["content"]
-            else:
-                reference = str(ex[self.cfg.completion_column])
-            rows.append(
-                {
-                    "prompt_ids": enc["input_ids"][: enc["prompt_length"]],
-                    "reference": reference.strip(),
-                }
-            )
+            item = self.format.item(ex, self.cfg)
+            enc = self.task.encode(self.tokenizer, item, self.cfg.max_length, None)
+            if enc["keep"]:
+                rows.append({"prompt_ids": self.task.prompt_ids(enc), "reference": item.answer.strip()})
         return rows
 
     # ---- loaders -------------------------------------------------------------------------
     def collator(self) -> PadCollator:
         """The padding collator the loaders use."""
-        return PadCollator(self.tokenizer.pad_token_id, self.cfg.format == "classification")
+        return PadCollator(self.tokenizer.pad_token_id, self.task)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled by data.seed (the order is part of the experiment); on resume it continues
@@ -448,6 +410,7 @@ class LoraDataModule(pl.LightningDataModule):
     def describe(self) -> dict:
         """What run metadata records about the data."""
         return {
+            "task": self.task.name,
             "fingerprint": self.fingerprint,
             "stats": self.stats,
             "labels": self.labels,

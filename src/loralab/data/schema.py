@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import List, Optional
 
 from loralab.config.values import check_seed
+from loralab.data.formats import FORMATS
 from loralab.errors import ConfigError
+from loralab.tasks import check_format, get_task
 
 SOURCES = ("builtin", "local", "hub")
-FORMATS = ("prompt_completion", "chat", "classification")
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -23,6 +24,9 @@ class DataConfig:
     source: str = "builtin"
     builtin_task: Optional[str] = "dates"
     format: str = "prompt_completion"
+    # what the model is trained to do: causal_lm, seq_cls or seq2seq; null chooses from the format
+    # (classification: seq_cls) and the model (an encoder-decoder: seq2seq; else causal_lm)
+    task: Optional[str] = None
     num_train: Optional[int] = 1000
     num_val: Optional[int] = 200
     seed: int = 1234
@@ -54,6 +58,9 @@ class DataConfig:
             raise ConfigError(f"data.source must be one of {list(SOURCES)}, got {self.source!r}")
         if self.format not in FORMATS:
             raise ConfigError(f"data.format must be one of {list(FORMATS)}, got {self.format!r}")
+        if self.task is not None:
+            get_task(self.task)
+            check_format(self.task, self.format)
         for key in ("max_length", "train_batch_size", "eval_batch_size", "max_new_tokens"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"data.{key} must be >= 1, got {getattr(self, key)}")
@@ -109,6 +116,8 @@ class DataConfig:
                 )
 
     @property
-    def task(self) -> str:
-        """`seq_cls` for text/label data, else `causal_lm`."""
-        return "seq_cls" if self.format == "classification" else "causal_lm"
+    def default_task(self) -> str:
+        """The task when the model does not choose: data.task, else the format's (causal_lm for text)."""
+        if self.task is not None:
+            return self.task
+        return "seq_cls" if FORMATS[self.format].labelled else "causal_lm"

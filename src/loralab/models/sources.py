@@ -1,7 +1,7 @@
 """Where a base model comes from. Constructing a source is cheap; loading happens on demand.
 
 Each source gives a tokenizer (cheap, needed by the data pipeline first) and a model for a
-task: `causal_lm` or `seq_cls` (a classification head on top, trained as modules_to_save).
+task (loralab.tasks: `causal_lm`, `seq_cls` with a classification head on top, `seq2seq`).
 With `quantization` set, the base loads with bitsandbytes k-bit linear layers (QLoRA).
 """
 
@@ -22,6 +22,7 @@ import torch
 from loralab.errors import ModelError
 from loralab.models.quantized import as_quantization, load_kwargs, prepare
 from loralab.models.schema import QuantizationConfig
+from loralab.tasks import Task, choose_task, get_task
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +49,12 @@ def _finish_tokenizer(tokenizer: Any) -> Any:
     return tokenizer
 
 
-def _model_class(task: str) -> Any:
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    return AutoModelForSequenceClassification if task == "seq_cls" else AutoModelForCausalLM
+def _model_class(task: str | Task) -> Any:
+    return get_task(task).model_class()
 
 
-def _task_kwargs(task: str, labels: list[str] | None, required: bool = True) -> dict:
-    if task != "seq_cls" or (labels is None and not required):
-        return {}
-    if not labels:
-        raise ModelError("a classification model needs its label names")
-    return {
-        "num_labels": len(labels),
-        "id2label": dict(enumerate(labels)),
-        "label2id": {name: i for i, name in enumerate(labels)},
-    }
+def _task_kwargs(task: str | Task, labels: list[str] | None, required: bool = True) -> dict:
+    return get_task(task).config_kwargs(labels, required)
 
 
 class ModelSource:
@@ -94,7 +85,18 @@ class ModelSource:
         classification config keeps its own labels."""
         raise NotImplementedError
 
-    def skeleton(self, task: str) -> torch.nn.Module:
+    def is_encoder_decoder(self) -> bool:
+        """Whether the model is an encoder-decoder (T5, BART, ...), from its config alone."""
+        return bool(getattr(self.load_config("causal_lm", None), "is_encoder_decoder", False))
+
+    def task_for(self, data: Any) -> Task:
+        """The task this model trains on data configured by `data` (see tasks.choose_task): a
+        config read, no weights."""
+        if data.task is None and data.default_task != "causal_lm":
+            return get_task(data.default_task)
+        return choose_task(data.task, data.format, self.is_encoder_decoder(), self.name)
+
+    def skeleton(self, task: str | Task) -> torch.nn.Module:
         """The model's module tree on the meta device, without weights: variant targets are
         checked against it in a second, before data and weights load."""
         # module names do not depend on the number of labels: the config's own (or the default) will do
@@ -105,7 +107,7 @@ class ModelSource:
     def check_head(self, task: str, labels: list[str] | None) -> None:
         """Refuse, before the weights load, a checkpoint that already has a classification head
         for another number of labels than the data has (transformers would fail on the shapes)."""
-        if task != "seq_cls" or not labels:
+        if not get_task(task).labelled or not labels:
             return
         config = self.load_config(task, None)
         saved = [a for a in getattr(config, "architectures", None) or [] if a.endswith("ForSequenceClassification")]
@@ -378,7 +380,11 @@ class FromConfig(ModelSource):
         values.setdefault("pad_token_id", tokenizer.pad_token_id)
         values.setdefault("bos_token_id", tokenizer.bos_token_id)
         values.setdefault("eos_token_id", tokenizer.eos_token_id)
-        return AutoConfig.for_model(model_type, **values, **_task_kwargs(task, labels, required=False))
+        config = AutoConfig.for_model(model_type, **values, **_task_kwargs(task, labels, required=False))
+        if config.is_encoder_decoder and getattr(config, "decoder_start_token_id", None) is None:
+            # the token the decoder starts from (T5's convention: the pad token)
+            config.decoder_start_token_id = tokenizer.pad_token_id
+        return config
 
     def load_model(self, task: str, labels: list[str] | None = None) -> torch.nn.Module:
         model = self._random_model(task, labels)

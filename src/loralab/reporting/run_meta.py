@@ -15,8 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from loralab.io import write_json
-from loralab.rundir import RESOLVED_CONFIG, RUN_META
+from loralab.rundir import RESOLVED_CONFIG, RunDir
 from loralab.secrets import redact
 
 PACKAGES = (
@@ -154,14 +153,12 @@ def hydra_overrides() -> list[str]:
 
 def write_run_meta(run_dir: str | Path, cfg: DictConfig, model: dict, data: dict) -> dict:
     """Write run_meta.json (and git_diff.patch when the tree is dirty)."""
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     source_root = Path(__file__).resolve().parents[3]
     git = git_state(source_root)
     diff = git.pop("diff")
     if diff:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "git_diff.patch").write_text(diff)
-        git["diff_file"] = "git_diff.patch"
+        git["diff_file"] = run.write_diff(diff)
     import torch
 
     meta = {
@@ -190,10 +187,7 @@ def write_run_meta(run_dir: str | Path, cfg: DictConfig, model: dict, data: dict
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         },
     }
-    write_json(run_dir / RUN_META, redact(meta))
+    run.write_meta(redact(meta))
     # the resolved config: what `loralab-rerun` runs again (.hydra/config.yaml keeps interpolations)
-    resolved = OmegaConf.create(redact(OmegaConf.to_container(cfg, resolve=True)))
-    tmp = run_dir / f".{RESOLVED_CONFIG}.tmp"
-    OmegaConf.save(resolved, tmp)
-    tmp.replace(run_dir / RESOLVED_CONFIG)
+    run.write_resolved_config(OmegaConf.create(redact(OmegaConf.to_container(cfg, resolve=True))))
     return meta

@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 from loralab.console import to_log_files
-from loralab.io import write_json
-from loralab.rundir import SUMMARY_FILE
+from loralab.rundir import RunDir
 
 
 def _vm_hwm_kb() -> int | None:
@@ -52,7 +51,7 @@ def peak_memory() -> dict:
 
 def write_summary(run_dir: str | Path, summary: dict) -> Path:
     """Write summary.json atomically."""
-    return write_json(Path(run_dir) / SUMMARY_FILE, summary)
+    return RunDir(run_dir).write_summary(summary)
 
 
 def write_failed_summary(run_dir: str | Path, error: str, status: str = "failed") -> Path:

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from loralab.tasks import get_task
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
 from loralab.variants.schema import LoraVariantConfig
 from loralab.variants.targets import Resolution, check_targets, trains
@@ -19,18 +20,16 @@ if TYPE_CHECKING:  # torch and peft load with the model, after the config checks
 
 # loralab trains one adapter per run, under peft's default name
 ADAPTER = "default"
-# peft's TaskType members by name: peft is imported only when an adapter is built
-PEFT_TASKS = {"causal_lm": "CAUSAL_LM", "seq_cls": "SEQ_CLS"}
 _ADAPTER_PARAM = re.compile(
     r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)\.|\.modules_to_save\."
 )
 
 
 def peft_task(task: str) -> TaskType:
-    """peft's task type for a loralab task (causal_lm, seq_cls)."""
+    """peft's task type for a loralab task (peft is imported only when an adapter is built)."""
     from peft import TaskType
 
-    return TaskType[PEFT_TASKS[task]]
+    return TaskType[get_task(task).peft_type]
 
 
 def lora_layers(model: torch.nn.Module) -> dict[str, LoraLayer]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loralab.errors import ConfigError
+from loralab.tasks import get_task
 from loralab.variants.lora import ADAPTER, adapter_info, is_trainable, lora_config, lora_layers
 from loralab.variants.registry import AdapterInfo, BuildContext, VariantSpec, register_variant
 from loralab.variants.schema import LoraVariantConfig
@@ -102,13 +103,14 @@ def train_stage1(model: torch.nn.Module, batches: Iterable[dict], steps: int, lr
     return losses
 
 
-def module_importance(model: torch.nn.Module, batches: Iterable[dict]) -> dict[str, float]:
-    """g_i = Σ ‖s·B_i·A_i·x_i‖² over every non-padding position of every batch, per LoRA layer."""
+def module_importance(model: torch.nn.Module, batches: Iterable[dict], task: str = "causal_lm") -> dict[str, float]:
+    """g_i = Σ ‖s·B_i·A_i·x_i‖² over every non-padding position of every batch, per LoRA layer
+    (the task says which positions are tokens: an encoder-decoder has two sequences)."""
     import torch
 
     layers = lora_layers(model)
     totals = dict.fromkeys(layers, 0.0)
-    mask: list[torch.Tensor] = []
+    masks: list[torch.Tensor] = []
 
     def hook(name: str):
         def record(module: LoraLayer, args: tuple, output: torch.Tensor) -> None:
@@ -117,8 +119,9 @@ def module_importance(model: torch.nn.Module, batches: Iterable[dict]) -> dict[s
             sq = delta.float().pow(2).sum(-1) * module.scaling[ADAPTER] ** 2
             # token inputs drop their padding; other inputs (a pooled vector, DeBERTa's relative
             # position embeddings through the same projection) count whole
-            if sq.shape == mask[0].shape:
-                sq = sq * mask[0]
+            fits = [m for m in masks if m.shape == sq.shape]
+            if fits:
+                sq = sq * fits[0]
             totals[name] += float(sq.sum())
 
         return record
@@ -130,9 +133,9 @@ def module_importance(model: torch.nn.Module, batches: Iterable[dict]) -> dict[s
         device = next(model.parameters()).device
         with torch.no_grad():
             for batch in batches:
-                batch = {k: v.to(device) for k, v in batch.items()}
-                mask[:] = [batch["attention_mask"].to(torch.float32)]
-                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                inputs, token_masks = get_task(task).importance_inputs(batch)
+                masks[:] = [m.to(device, torch.float32) for m in token_masks]
+                model(**{k: v.to(device) for k, v in inputs.items()})
     finally:
         for h in handles:
             h.remove()
@@ -238,7 +241,7 @@ def _stage1(peft_model: torch.nn.Module, cfg: LoraDropConfig, context: BuildCont
     if dm is None or dm.train_set is None:
         raise ConfigError("variant=lora_drop needs the training data for its first stage (a datamodule set up)")
     train = dm.train_set
-    labels = list(train["labels"]) if dm.cfg.format == "classification" else None
+    labels = list(train["labels"]) if dm.task.labelled else None
     indices = sample_indices(len(train), cfg.sample_fraction, context.seed, labels)
     collate = dm.collator()
     sample = train.select(indices).with_format(columns=["input_ids", "labels"])
@@ -248,7 +251,7 @@ def _stage1(peft_model: torch.nn.Module, cfg: LoraDropConfig, context: BuildCont
         return [collate(rows[i : i + size]) for i in range(0, len(rows), size)]
 
     losses = train_stage1(peft_model, batches(dm.cfg.train_batch_size), cfg.stage1_steps, cfg.stage1_lr)
-    g = module_importance(peft_model, batches(dm.cfg.eval_batch_size))
+    g = module_importance(peft_model, batches(dm.cfg.eval_batch_size), dm.task.name)
     table = rank_units(g, cfg.granularity)
     kept_units = set(select_units(table, cfg.threshold))
     for row in table:

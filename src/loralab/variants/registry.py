@@ -92,6 +92,12 @@ class VariantSpec:
     # the variant changes the base weights themselves (Delta-LoRA): a sharded strategy, which
     # splits them between processes, is refused
     updates_base_weights: bool = False
+    # frozen tensors the variant's optimizer holds and reads without updating them (LoRA-FA's A,
+    # which peft's LoRA-FA optimizer pairs with each B): the freeze check lets them be
+    optimizer_reads: Callable[[str], bool] | None = None
+    # a check this variant makes of every run's config, whichever variant the run uses
+    # (LoRA-FA: its optimizer with another variant): (variant name, full config)
+    check_any_run: Callable[[str, Any], None] | None = None
 
     def check_targets(self, model: torch.nn.Module, cfg: Any, task: str = "causal_lm") -> None:
         """Check the variant's targets against the model's module tree (a meta-device skeleton

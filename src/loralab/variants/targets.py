@@ -11,27 +11,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from loralab.errors import FreezeError
+from loralab.tasks import get_task
+from loralab.tasks.seq_cls import PEFT_HEAD_NAMES
 
 if TYPE_CHECKING:  # imported by the config checks, before torch loads
     from torch import nn
 
-# the head names peft adds to modules_to_save for sequence classification (PeftModelForSequenceClassification)
-PEFT_HEAD_NAMES = ("classifier", "score")
-
 
 def task_heads(model: nn.Module, task: str) -> list[str]:
-    """A classification model's head: its top-level modules with weights outside the base model
-    (`score`; `classifier`; DeBERTa's `pooler`, DistilBERT's `pre_classifier`). A pretrained
-    checkpoint has no weights for them, so they train in full (modules_to_save), whatever their
-    names; peft by itself trains only modules named classifier or score."""
-    if task != "seq_cls":
-        return []
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    base = getattr(model, prefix, None) if prefix else None
-    children = dict(model.named_children())
-    if base is None:  # no base model to tell the head from: the names peft knows
-        return [n for n in PEFT_HEAD_NAMES if n in children]
-    return [n for n, child in children.items() if child is not base and any(True for _ in child.parameters())]
+    """The modules the task trains in full because a pretrained checkpoint has no weights for them
+    (a classification head, whatever its modules are called)."""
+    return get_task(task).heads(model)
 
 
 @dataclass
@@ -55,7 +45,7 @@ class Resolution:
 
 def _entries(cfg: object, heads: list[str], task: str) -> list[str]:
     """Every modules_to_save entry peft will hold: the config's, the head's, and peft's own."""
-    extra = [*heads, *PEFT_HEAD_NAMES] if task == "seq_cls" else []
+    extra = [*heads, *PEFT_HEAD_NAMES] if get_task(task).labelled else []
     return list(dict.fromkeys([*(cfg.modules_to_save or []), *extra]))
 
 

@@ -1,0 +1,5 @@
+"""`python -m loralab.compare`: the same as `loralab-compare`."""
+
+from loralab.compare import main
+
+main()
