@@ -103,7 +103,7 @@ FAMILIES: dict[str, tuple[dict, tuple[str, ...], str]] = {
             "relative_attention_num_buckets": 8,
             "feed_forward_proj": "gated-gelu",
         },
-        ("seq2seq",),
+        ("seq2seq", "seq_cls"),
         "encoder-decoder; no biases; relative position buckets; gated FFN wi_0/wi_1; tied shared embedding",
     ),
     "bart": (
@@ -118,7 +118,7 @@ FAMILIES: dict[str, tuple[dict, tuple[str, ...], str]] = {
             "decoder_ffn_dim": 128,
             "max_position_embeddings": 512,
         },
-        ("seq2seq",),
+        ("seq2seq", "seq_cls"),
         "encoder-decoder; biases; learned positions; cross-attention encoder_attn; decoder starts from eos",
     ),
 }

@@ -10,14 +10,19 @@ from pathlib import Path
 from typing import Any
 
 
-def write_json(path: str | Path, data: Any) -> Path:
-    """Write JSON to a temporary file beside `path`, then rename it into place."""
+def write_text(path: str | Path, text: str) -> Path:
+    """Write text to a temporary file beside `path`, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write JSON atomically (see write_text)."""
+    return write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def write_dir(target: str | Path, fill: Callable[[Path], None]) -> Path:

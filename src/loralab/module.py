@@ -69,7 +69,7 @@ class LoraModule(pl.LightningModule):
             # it: each rank divides its token-loss sum by (global tokens / world size), and the
             # strategy's gradient average makes that sum / global tokens. (The model's own mean
             # per rank would weigh a rank's tokens by 1 / its own count.)
-            local = torch.stack([self.task.predicted(batch), batch["attention_mask"].sum()]).float()
+            local = torch.stack([self.task.predicted(batch), self.task.tokens(batch)]).float()
             predicted, seen = self.trainer.strategy.reduce(local, reduce_op="sum")
             self._global_tokens = int(seen)  # throughput is counted over every process
             loss = self.task.forward(self.model, batch, num_items=(predicted / world).clamp_min(1e-6)).loss
@@ -90,7 +90,7 @@ class LoraModule(pl.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
         seconds = time.perf_counter() - self._batch_start
-        tokens = self._global_tokens if self._global_tokens is not None else int(batch["attention_mask"].sum())
+        tokens = self._global_tokens if self._global_tokens is not None else int(self.task.tokens(batch))
         self._global_tokens = None
         self.tokens_seen += tokens
         self.train_seconds += seconds
@@ -137,9 +137,17 @@ class LoraModule(pl.LightningModule):
     def generate_answers(self, prompts: list[list[int]]) -> list[str]:
         """Greedy answers to token-id prompts, in batches, as the task generates them."""
         tok = self.tokenizer
+        # greedy, whatever the checkpoint's generation_config asks for (transformers fills every
+        # setting left unset from it: beams, a minimum length, n-gram and repetition penalties)
         config = GenerationConfig(
             max_new_tokens=self.max_new_tokens,
             do_sample=False,
+            num_beams=1,
+            min_length=0,
+            min_new_tokens=0,
+            no_repeat_ngram_size=0,
+            repetition_penalty=1.0,
+            length_penalty=1.0,
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
             decoder_start_token_id=getattr(self.model.config, "decoder_start_token_id", None),

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from loralab.errors import ConfigError, LoralabError
-from loralab.io import write_json
+from loralab.io import write_json, write_text
 
 SUMMARY_FILE = "summary.json"
 RUN_META = "run_meta.json"
@@ -422,8 +422,7 @@ class RunDir:
 
     def write_diff(self, diff: str) -> str:
         """Save the source tree's uncommitted changes; the file's name (for run_meta.json)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.diff_path.write_text(diff)
+        write_text(self.diff_path, diff)
         return GIT_DIFF
 
 

@@ -18,6 +18,7 @@ import torch
 
 from loralab.errors import ConfigError
 from loralab.tasks import TASKS, choose_task
+from loralab.tasks.base import Item
 
 SEQ2SEQ = ["model=tiny_t5", "debug=fast", "logger=csv", "~callbacks.progress"]
 
@@ -100,6 +101,10 @@ def test_exact_match_scores_the_answers_transformers_generates(make_cfg):
                 input_ids=torch.tensor([row["prompt_ids"]]), max_new_tokens=module.max_new_tokens, do_sample=False
             )
         assert module.tokenizer.decode(out[0], skip_special_tokens=True).strip() == answer
+    # greedy, whatever the checkpoint's generation_config asks for (transformers fills unset settings from it)
+    defaults = model.get_base_model().generation_config
+    defaults.num_beams, defaults.min_length, defaults.no_repeat_ngram_size, defaults.repetition_penalty = 4, 6, 1, 3.0
+    assert module.generate_answers([r["prompt_ids"] for r in rows]) == answers
     mine = [{**row, "reference": answer} for row, answer in zip(rows, answers, strict=True)]
     assert module.exact_match(mine) == 1.0
     mine[0]["reference"] += "x"
@@ -141,3 +146,18 @@ def test_the_task_is_chosen_from_the_format_and_the_model():
         choose_task("causal_lm", "classification", False, "m")
     # every task names the formats it reads, its peft task type and its model class
     assert {t.peft_type for t in TASKS.values()} == {"CAUSAL_LM", "SEQ_CLS", "SEQ_2_SEQ_LM"}
+
+
+def test_classification_on_an_encoder_decoder_ends_every_text_with_eos(tiny_tokenizer):
+    """BART and T5 classify from the state at the text's end token: every text ends with one,
+    a truncated text too; on a decoder or encoder the text stays as the tokenizer gives it."""
+    eos, labels = tiny_tokenizer.eos_token_id, {"x": 0}
+    task = choose_task(None, "classification", True, "m")
+    short = task.encode(tiny_tokenizer, Item(text="a short text", label="x"), 64, labels)
+    long = task.encode(tiny_tokenizer, Item(text="word " * 100, label="x"), 16, labels)
+    assert short["input_ids"] == [*tiny_tokenizer("a short text")["input_ids"], eos] and not short["truncated"]
+    assert long["input_ids"][-1] == eos and len(long["input_ids"]) == 16 and long["truncated"]
+    decoder = choose_task(None, "classification", False, "m")
+    plain = decoder.encode(tiny_tokenizer, Item(text="a short text", label="x"), 64, labels)
+    assert plain["input_ids"] == tiny_tokenizer("a short text")["input_ids"]
+    assert task.cache_key != decoder.cache_key  # the token cache tells the two encodings apart

@@ -216,3 +216,13 @@ def test_a_tokenizer_without_a_pad_token_pads_with_eos_and_says_so(tiny_tokenize
     finished = _finish_tokenizer(tiny_tokenizer)
     assert finished.pad_token == finished.eos_token and finished.pad_token_id == finished.eos_token_id
     assert "the tokenizer has no pad token: padding with its eos token" in caplog.text
+
+
+@pytest.mark.parametrize("task", ["causal_lm", "seq2seq"])
+def test_chat_data_without_a_chat_template_says_what_to_use_instead(tiny_tokenizer, task):
+    tiny_tokenizer.chat_template = None
+    item = FORMATS["chat"].item(
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}, DataConfig()
+    )
+    with pytest.raises(ValueError, match="needs a tokenizer with a chat template: use data.format=prompt_completion"):
+        encode(tiny_tokenizer, item, 64, task)

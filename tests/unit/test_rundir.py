@@ -172,3 +172,20 @@ def test_a_job_directory_is_set_aside_whole_but_for_hydras_files(tmp_path):
     assert RunDir(kept).state() == ("h0", "completed")
     make_run(tmp_path / "0", config_hash="h0", status="failed")
     assert sweep.set_aside(job, "h0") == tmp_path / "replaced/0-h0-2"  # the earlier one is kept
+
+
+def test_a_key_added_at_its_neutral_value_leaves_the_config_hash_as_it_was(tmp_path):
+    """data.task arrived after runs were recorded: unset, it computes what they computed, so the
+    hash is the one those runs recorded (a relaunched sweep finds them); set, it is part of it."""
+    from omegaconf import OmegaConf, open_dict
+
+    from loralab.reporting.run_meta import config_hash
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["model=tiny"], tmp_path / "run")
+    before = OmegaConf.to_container(cfg, resolve=True)
+    del before["data"]["task"]  # the config as runs before data.task composed it
+    assert config_hash(cfg) == config_hash(before)
+    with open_dict(cfg):
+        cfg.data.task = "causal_lm"
+    assert config_hash(cfg) != config_hash(before)

@@ -277,7 +277,7 @@ class LoraDataModule(pl.LightningDataModule):
                     self._tokenizer_key,
                     FORMAT_CODE,
                     self.cfg.format,
-                    self.task.name,
+                    self.task.cache_key,
                     self.cfg.max_length,
                     self._required_columns(),
                     label_ids,

@@ -92,8 +92,6 @@ class ModelSource:
     def task_for(self, data: Any) -> Task:
         """The task this model trains on data configured by `data` (see tasks.choose_task): a
         config read, no weights."""
-        if data.task is None and data.default_task != "causal_lm":
-            return get_task(data.default_task)
         return choose_task(data.task, data.format, self.is_encoder_decoder(), self.name)
 
     def skeleton(self, task: str | Task) -> torch.nn.Module:

@@ -99,6 +99,10 @@ def flat_config(cfg: DictConfig) -> dict:
 FORMAT_VERSION = 1
 # keys that say where a run writes or how it is watched, not what it computes
 UNHASHED = ("paths", "logger", "resume", "ckpt_path", "tags", "experiment_name", "objective")
+# keys added after runs were recorded, at the value that computes what those runs computed: left out
+# of the hash there, so that a relaunched sweep still finds its finished jobs and compare still
+# groups them (data.task: null chooses the task those runs had)
+NEUTRAL = {("data", "task"): None}
 
 
 def _placeholders(data: dict) -> list[tuple[str, str]]:
@@ -130,6 +134,10 @@ def config_hash(cfg: DictConfig | dict) -> str:
     data = relocate(data, _placeholders(data))
     for key in UNHASHED:
         data.pop(key, None)
+    for (group, key), value in NEUTRAL.items():
+        node = data.get(group)
+        if isinstance(node, dict) and key in node and node[key] == value:
+            del node[key]
     text = OmegaConf.to_yaml(OmegaConf.create(data), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

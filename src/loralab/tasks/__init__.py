@@ -47,11 +47,11 @@ def choose_task(requested: str | None, fmt: str, encoder_decoder: bool, model: s
     trains a classification head, and text data trains a causal LM, or a seq2seq LM when the model
     is an encoder-decoder. A requested task the model cannot do is refused in one line."""
     if requested is None:
-        if fmt in TASKS["seq_cls"].formats:
-            return TASKS["seq_cls"]
-        return TASKS["seq2seq" if encoder_decoder else "causal_lm"]
+        requested = "seq_cls" if fmt in TASKS["seq_cls"].formats else "seq2seq" if encoder_decoder else "causal_lm"
     check_format(requested, fmt)
     task = get_task(requested)
+    if task.labelled and encoder_decoder:
+        return SequenceClassification(ends_with_eos=True)
     if task.encoder_decoder is not None and task.encoder_decoder != encoder_decoder:
         kind = "an encoder-decoder" if encoder_decoder else "not an encoder-decoder"
         fits = "seq2seq" if encoder_decoder else "causal_lm"

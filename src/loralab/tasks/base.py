@@ -16,6 +16,10 @@ IGNORE_INDEX = -100
 # use_cache is for generation): training and validation never read it, and it costs copies and
 # memory (transformers' Trainer turns it off too). Outputs are the same.
 NO_CACHE = {"use_cache": False}
+CHAT_NEEDS_TEMPLATE = (
+    "the chat format needs a tokenizer with a chat template: use data.format=prompt_completion, or a model whose "
+    "tokenizer has one"
+)
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,12 @@ class Task:
         return self.metric == "exact_match"
 
     def __repr__(self) -> str:
-        return f"<task {self.name}>"
+        return f"<task {self.cache_key}>"
+
+    @property
+    def cache_key(self) -> str:
+        """What tells this task's encoding apart in the token cache."""
+        return self.name
 
     # ---- the model ---------------------------------------------------------------------
     def model_class(self) -> Any:
@@ -95,6 +104,10 @@ class Task:
         for i, ex in enumerate(examples):
             labels[i, : len(ex["labels"])] = torch.tensor(ex["labels"])
         return labels
+
+    def tokens(self, batch: dict) -> torch.Tensor:
+        """The tokens a training step reads (throughput counts them)."""
+        return batch["attention_mask"].sum()
 
     def prompt_ids(self, encoded: dict) -> list[int]:
         """The ids a generation starts from."""

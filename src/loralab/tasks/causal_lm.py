@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from loralab.errors import ModelError
-from loralab.tasks.base import IGNORE_INDEX, Item, Task
+from loralab.tasks.base import CHAT_NEEDS_TEMPLATE, IGNORE_INDEX, Item, Task
 
 if TYPE_CHECKING:
     import torch
@@ -50,7 +50,7 @@ def chat_text(tokenizer: Any, item: Item) -> tuple[str, str]:
     template when the tokenizer has one (a chat item needs one)."""
     if item.messages is not None:
         if not tokenizer.chat_template:
-            raise ValueError("the chat format needs a tokenizer with a chat template")
+            raise ValueError(CHAT_NEEDS_TEMPLATE)
         return split_chat(tokenizer, item.messages, item.answer)
     if tokenizer.chat_template:
         return split_chat(tokenizer, [{"role": "user", "content": item.prompt}], item.answer)

@@ -1,12 +1,13 @@
 """Sequence to sequence: an encoder reads the prompt and a decoder writes the answer (T5, BART, ...).
 The encoder's input is the prompt (through the chat template for chat data); the labels are the
-answer's tokens and an end token, and the model shifts them right into the decoder's input."""
+answer as the tokenizer encodes a target (BART's leading <s> included) ending in the end token, and
+the model shifts them right into the decoder's input."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from loralab.tasks.base import IGNORE_INDEX, NO_CACHE, Item, Task
+from loralab.tasks.base import CHAT_NEEDS_TEMPLATE, IGNORE_INDEX, NO_CACHE, Item, Task
 
 if TYPE_CHECKING:
     import torch
@@ -23,16 +24,23 @@ class Seq2SeqLM(Task):
     def encode(self, tokenizer: Any, item: Item, max_length: int, label_ids: dict | None) -> dict:
         """Prompt and answer are truncated to max_length each (the encoder and the decoder each hold
         max_length tokens)."""
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise ValueError(
+                "the seq2seq task needs a tokenizer with an end (eos) token, or answers never end: use the "
+                "model's own tokenizer"
+            )
         if item.messages is not None:
             if not tokenizer.chat_template:
-                raise ValueError("the chat format needs a tokenizer with a chat template")
+                raise ValueError(CHAT_NEEDS_TEMPLATE)
+            # the template writes the special tokens it wants
             prompt = tokenizer.apply_chat_template(item.messages, add_generation_prompt=True, tokenize=False)
             prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         else:
             prompt_ids = tokenizer(item.prompt)["input_ids"]
-        answer_ids = tokenizer(item.answer, add_special_tokens=False)["input_ids"]
-        if tokenizer.eos_token_id is not None:
-            answer_ids = answer_ids + [tokenizer.eos_token_id]
+        answer_ids = tokenizer(text_target=item.answer)["input_ids"]
+        if not answer_ids or answer_ids[-1] != eos:
+            answer_ids = [*answer_ids, eos]
         truncated = len(prompt_ids) > max_length or len(answer_ids) > max_length
         return {
             "input_ids": prompt_ids[:max_length],
@@ -41,8 +49,8 @@ class Seq2SeqLM(Task):
             "prompt_length": min(len(prompt_ids), max_length),
             "full_length": max(len(prompt_ids), len(answer_ids)),
             "truncated": truncated,
-            # a prompt cut short still has its answer to learn; an empty answer has nothing
-            "keep": len(answer_ids) > 0,
+            # a prompt cut short still has its answer to learn
+            "keep": True,
         }
 
     def forward(self, model: torch.nn.Module, batch: dict, num_items: torch.Tensor | None = None) -> Any:
@@ -62,6 +70,10 @@ class Seq2SeqLM(Task):
                 / num_items
             )
         return out
+
+    def tokens(self, batch: dict) -> torch.Tensor:
+        """The encoder's tokens and the decoder's."""
+        return batch["attention_mask"].sum() + (batch["labels"] != IGNORE_INDEX).sum()
 
     def predicted(self, batch: dict) -> torch.Tensor:
         # decoder position t predicts label t (the model shifts the labels into its input)

@@ -25,6 +25,15 @@ class SequenceClassification(Task):
     labelled = True
     token_loss = False
 
+    def __init__(self, ends_with_eos: bool = False) -> None:
+        # an encoder-decoder (BART, T5) classifies from its state at the text's end token: every
+        # text then ends with one, a truncated one included
+        self.ends_with_eos = ends_with_eos
+
+    @property
+    def cache_key(self) -> str:
+        return self.name + ("+eos" if self.ends_with_eos else "")
+
     def config_kwargs(self, labels: list[str] | None, required: bool = True) -> dict:
         if labels is None and not required:
             return {}
@@ -50,13 +59,22 @@ class SequenceClassification(Task):
     def encode(self, tokenizer: Any, item: Item, max_length: int, label_ids: dict | None) -> dict:
         """Text -> ids (truncated to max_length) with one class label."""
         ids = tokenizer(item.text)["input_ids"]
+        eos = tokenizer.eos_token_id
+        full = len(ids)
+        if self.ends_with_eos and eos is not None:
+            if not ids or ids[-1] != eos:
+                ids = [*ids, eos]
+            full = len(ids)
+            ids = ids if full <= max_length else [*ids[: max_length - 1], eos]
+        else:
+            ids = ids[:max_length]
         return {
-            "input_ids": ids[:max_length],
+            "input_ids": ids,
             "labels": label_ids[item.label],
-            "length": min(len(ids), max_length),
-            "prompt_length": min(len(ids), max_length),
-            "full_length": len(ids),
-            "truncated": len(ids) > max_length,
+            "length": len(ids),
+            "prompt_length": len(ids),
+            "full_length": full,
+            "truncated": full > max_length,
             "keep": True,
         }
 
