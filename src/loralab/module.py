@@ -134,6 +134,32 @@ class LoraModule(pl.LightningModule):
         self.last_val_step = self.trainer.global_step
 
     @torch.no_grad()
+    def evaluate(self, loader: Any, rows: list[dict], prefix: str) -> dict[str, float]:
+        """One split's metrics outside Lightning's loops, as validation computes them (the test split
+        after fit): `<prefix>/loss`, `/ppl`, and the task's metric. With several processes each rank
+        runs its share and the sums are reduced."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            sums = torch.zeros(3, device=self.device)
+            for batch in loader:
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                out = self.task.forward(self.model, batch)
+                count, correct = self.task.val_counts(out, batch)
+                sums += torch.stack([out.loss.detach().float() * count, count, correct])
+            if self._trainer is not None and self.trainer.world_size > 1:
+                sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+            loss = (sums[0] / sums[1].clamp_min(1)).item()
+            metrics = {f"{prefix}/loss": loss, f"{prefix}/ppl": math.exp(min(loss, 50.0))}
+            if self.task.metric == "accuracy":
+                metrics[f"{prefix}/accuracy"] = (sums[2] / sums[1].clamp_min(1)).item()
+            elif self.task.generates and rows and not (self._trainer is not None and sharded_strategy(self.trainer)):
+                metrics[f"{prefix}/exact_match"] = self.exact_match(rows)
+        finally:
+            self.model.train(was_training)
+        return metrics
+
+    @torch.no_grad()
     def generate_answers(self, prompts: list[list[int]]) -> list[str]:
         """Greedy answers to token-id prompts, in batches, as the task generates them."""
         tok = self.tokenizer

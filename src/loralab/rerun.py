@@ -167,7 +167,9 @@ def verify(original_dir: Path, new_dir: Path) -> list[str]:
     for key in ("status", "global_step", "trainable_params", "final_train_loss"):
         if a.get(key) != b.get(key):
             diffs.append(f"{key}: {a.get(key)} -> {b.get(key)}")
-    before, after = a.get("after") or {}, b.get("after") or {}
+    # the final validation metrics and the held-out test split's
+    before = {**(a.get("after") or {}), **(a.get("test") or {})}
+    after = {**(b.get("after") or {}), **(b.get("test") or {})}
     for key in sorted(set(before) | set(after)):
         if before.get(key) != after.get(key):
             diffs.append(f"{key}: {before.get(key)!r} -> {after.get(key)!r}")

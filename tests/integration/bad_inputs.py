@@ -622,6 +622,20 @@ CASES: list[Case] = [
         "loralab: error: data.val_split is the training split ('train'): validating on the training data measures memorisation; pass another split, or leave data.val_split unset to hold out data.val_fraction of the training split",
     ),
     Case(
+        "hub test split is the validation split",
+        "config choices",
+        T,
+        ["data=hub", "data.hub_id=org/set", "data.val_split=validation", "data.test_split=validation"],
+        "loralab: error: data.test_split is data.val_split ('validation'): a test split must be held out from training and from model selection; pass another split",
+    ),
+    Case(
+        "negative test split size",
+        "config values",
+        T,
+        ["data.num_test=-5"],
+        "loralab: error: data.num_test must be >= 0 (0: no test split), got -5",
+    ),
+    Case(
         "resume with a path",
         "config choices",
         T,
@@ -868,6 +882,14 @@ CASES: list[Case] = [
         T,
         ["data=local", "data.train_file={tmp}/qa.jsonl", "data.val_file={tmp}/qa.jsonl"],
         "loralab: error: data.val_file is the training file ({tmp}/qa.jsonl): validating on the training data measures memorisation; pass a separate file, or leave data.val_file unset to hold out data.val_fraction of the training file",
+        setup=jsonl("qa.jsonl", QA),
+    ),
+    Case(
+        "test file is the training file",
+        "paths",
+        T,
+        ["data=local", "data.train_file={tmp}/qa.jsonl", "data.test_file={tmp}/qa.jsonl"],
+        "loralab: error: data.test_file is data.train_file ({tmp}/qa.jsonl): a test split must be held out from training and from model selection; pass a separate file",
         setup=jsonl("qa.jsonl", QA),
     ),
     Case(

@@ -71,6 +71,9 @@ def test_two_processes_train_what_one_process_trains_with_twice_the_batch(runs):
     # every validation example counted once: the same loss as one process
     for key in ("val/loss", "val/exact_match"):
         assert d["after"][key] == pytest.approx(s["after"][key], rel=1e-4), key
+        # the held-out test split (debug=fast: 8 examples), each rank its share, the sums reduced
+        test_key = key.replace("val/", "test/")
+        assert d["test"][test_key] == pytest.approx(s["test"][test_key], rel=1e-4), test_key
         assert d["before"][key] == pytest.approx(s["before"][key], rel=1e-5), key
     assert d["final_train_loss"] == pytest.approx(s["final_train_loss"], rel=1e-4)
     # throughput counts every process's tokens
@@ -151,6 +154,7 @@ def test_resume_with_another_number_of_processes_is_refused(runs):
     assert (again / "checkpoints/step-0000004/checkpoint.json").is_file()
 
 
+@pytest.mark.matrix  # two more process launches: `make test-matrix` (and .ci/run) runs it
 def test_seq2seq_two_processes_train_what_one_process_trains(tmp_path):
     """An encoder-decoder's loss under DDP is the token-loss sum over the global batch's answer
     tokens (computed from the logits: the model takes no num_items_in_batch), as one process."""

@@ -127,6 +127,8 @@ def test_grid_report_wandb_grouping_and_resume(tmp_path):
         assert facts["config"]["variant.r"] == r and facts["config"]["seed"] == seed
         assert facts["summary"]["final/trainable_params"] == s["trainable_params"]
         assert facts["summary"]["final/val/loss"] == pytest.approx(s["after"]["val/loss"])
+        # the held-out test split's figures too (debug=fast draws 8 test examples)
+        assert facts["summary"]["final/test/loss"] == pytest.approx(s["test"]["test/loss"])
 
     # the report: seeds aggregated, mean and std computed from the jobs' own summaries
     rows = list(csv.DictReader((sweep / "compare.csv").open()))

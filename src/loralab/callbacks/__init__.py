@@ -6,6 +6,7 @@ from loralab.callbacks.guards import NonFiniteGuard, StopOnSignal
 from loralab.callbacks.merge_check import MergeCheck, compare_logits
 from loralab.callbacks.progress import ProgressBar
 from loralab.callbacks.run_summary import RunSummary
+from loralab.callbacks.test_split import TestEvaluation
 
 __all__ = [
     "AdapterCheckpoint",
@@ -15,6 +16,7 @@ __all__ = [
     "ProgressBar",
     "RunSummary",
     "StopOnSignal",
+    "TestEvaluation",
     "build_manifest",
     "compare_logits",
     "find_checkpoint",

@@ -32,6 +32,7 @@ import lightning.pytorch as pl
 import torch
 
 from loralab import rng
+from loralab.callbacks.contributions import SummaryContributor
 from loralab.console import to_log_files
 from loralab.distributed import clean_name, collectives_done, full_parameters
 from loralab.errors import DISK_FULL, CheckpointError, ConfigError, LoralabError, NonFiniteError, first_line
@@ -235,7 +236,7 @@ def _save_failed(exc: Exception, what: str, kept: str) -> CheckpointError:
     return CheckpointError(f"saving {what} failed ({cause}); {kept}; the traceback is in train.log")
 
 
-class AdapterCheckpoint(pl.Callback):
+class AdapterCheckpoint(SummaryContributor, pl.Callback):
     """Saves adapter checkpoints after each validation during fit, and the final adapter."""
 
     def __init__(

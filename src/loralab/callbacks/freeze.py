@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_only
 from peft.tuners.tuners_utils import BaseTunerLayer
 
+from loralab.callbacks.contributions import SummaryContributor
 from loralab.errors import FreezeError
 from loralab.io import write_json
 from loralab.loggers import attach_file
@@ -124,7 +125,7 @@ def verify_frozen(info: AdapterInfo, optimizers: list[Any] | None = None) -> Non
         raise FreezeError("no parameter is trainable: the adapter is empty; check variant.target_modules")
 
 
-class Freeze(pl.Callback):
+class Freeze(SummaryContributor, pl.Callback):
     """Freezes the base in `setup` (before `configure_optimizers`) and checks it at train start."""
 
     def __init__(self, run_dir: str | None = None) -> None:

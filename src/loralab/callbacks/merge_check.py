@@ -17,6 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from loralab.callbacks.contributions import SummaryContributor
 from loralab.console import to_log_files
 from loralab.distributed import sharded_strategy
 from loralab.errors import ConfigError, MergeCheckError, first_line
@@ -85,7 +86,7 @@ def unwrap_trained_copies(peft_model: torch.nn.Module) -> None:
             setattr(peft_model.get_submodule(parent), child, module.modules_to_save[module.active_adapters[0]])
 
 
-class MergeCheck(pl.Callback):
+class MergeCheck(SummaryContributor, pl.Callback):
     """Fails the run (MergeCheckError) when merged logits differ beyond the dtype's tolerance."""
 
     def __init__(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
+from loralab.callbacks.contributions import SummaryContributor
 from loralab.reporting.summary import peak_memory, write_summary
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ def publish_to_wandb(trainer: pl.Trainer, summary: dict) -> None:
 
     figures = {f"final/{k}": summary[k] for k in SCALARS if isinstance(summary.get(k), (int, float))}
     figures.update({f"final/{k}": v for k, v in (summary.get("after") or {}).items()})
+    figures.update({f"final/{k}": v for k, v in (summary.get("test") or {}).items()})
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.summary.update(figures)
@@ -92,7 +94,7 @@ class RunSummary(pl.Callback):
         """The summary as a dict."""
         fields: dict = {}
         for cb in trainer.callbacks:
-            if cb is not self and hasattr(cb, "summary_fields"):
+            if cb is not self and isinstance(cb, SummaryContributor):
                 fields.update(cb.summary_fields())
         train_loss = trainer.callback_metrics.get("train/loss")
         return {

@@ -25,6 +25,7 @@ from loralab.compare.table import (
     labels,
     load_run,
     table_rows,
+    test_metric,
     varied_overrides,
     write_csv,
     write_markdown,
@@ -72,6 +73,8 @@ def compare(
     metric = choose_metric(runs, metric)
     for run in runs:
         run["metric"] = run["after"].get(metric)
+        # the same metric on the held-out test split, where the run has one (never used to choose)
+        run["test_metric"] = run["test"].get(test_metric(metric))
     extra = varied_overrides(runs)
     seeds_per_group: dict[tuple, set] = {}
     for run in runs:

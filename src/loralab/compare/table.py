@@ -34,7 +34,9 @@ COLUMNS = (
 CONFIG_COLUMNS = ("variant", "r", "alpha", "targets")
 # overrides already shown by a column of their own
 SHOWN = {"variant", "variant.name", "variant.r", "variant.alpha", "variant.target_modules", "seed"}
-NUMERIC = ("trainable", "adapter_bytes", "peak_mb", "tokens_per_s", "val_loss", "metric", "merge_err")
+NUMERIC = ("trainable", "adapter_bytes", "peak_mb", "tokens_per_s", "val_loss", "metric", "test_metric", "merge_err")
+# the chosen metric on the held-out test split (runs with one), beside the val column it mirrors
+TEST_COLUMN = ("test_metric", "test_metric")
 PREFERRED_METRICS = ("val/exact_match", "val/accuracy", "val/loss")
 # the statuses whose figures are compared (aggregated rows carry "n/m completed" and count only those)
 COMPARED = FINISHED
@@ -97,6 +99,7 @@ def _row(run: RunDir, label: str) -> dict[str, Any]:
         "peak_mb": peak,
         "tokens_per_s": summary.get("tokens_per_s"),
         "after": summary.get("after") or {},
+        "test": summary.get("test") or {},
         "val_loss": (summary.get("after") or {}).get("val/loss"),
         "merge_err": summary.get("merge_max_rel_err"),
         "config": cfg,
@@ -264,17 +267,31 @@ def fmt(key: str, value: Any, std: Any = None) -> str:
     return text
 
 
-def columns(extra: list[str]) -> list[tuple[str, str]]:
-    """The table's (key, header) pairs: the fixed ones with `extra` keys after seed."""
+def test_metric(metric: str) -> str:
+    """The test split's name for a val metric (val/exact_match -> test/exact_match)."""
+    return "test/" + metric.split("/", 1)[-1]
+
+
+def columns(extra: list[str], test: bool = False) -> list[tuple[str, str]]:
+    """The table's (key, header) pairs: the fixed ones with `extra` keys after seed, and the test
+    split's figure after the metric when a run has one."""
     cols = list(COLUMNS)
+    if test:
+        at = [k for k, _ in cols].index("metric") + 1
+        cols = cols[:at] + [TEST_COLUMN] + cols[at:]
     at = [k for k, _ in cols].index("seed") + 1
     return cols[:at] + [(k, k) for k in extra] + cols[at:]
 
 
+def has_test(rows: list[dict]) -> bool:
+    return any(r.get("test_metric") is not None for r in rows)
+
+
 def table_rows(rows: list[dict], metric: str, extra: list[str] = ()) -> tuple[list[str], list[list[str]]]:
     """The table's headers and its rows' cells."""
-    cols = columns(list(extra))
-    headers = [metric if key == "metric" else header for key, header in cols]
+    cols = columns(list(extra), has_test(rows))
+    names = {"metric": metric, "test_metric": f"{test_metric(metric)} (test split)"}
+    headers = [names.get(key, header) for key, header in cols]
     aggregated = any("n" in r for r in rows)
     if aggregated:
         headers.insert(2, "n")
@@ -294,10 +311,11 @@ def write_markdown(path: Path, headers: list[str], body: list[list[str]], title:
 
 
 def write_csv(path: Path, rows: list[dict], metric: str, extra: list[str] = ()) -> None:
-    keys = [k for k, _ in columns(list(extra))]
+    keys = [k for k, _ in columns(list(extra), has_test(rows))]
     stats = sorted({k for r in rows for k in r if k.endswith("_std") or k == "n"})
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow([metric if k == "metric" else k for k in keys] + stats)
+        names = {"metric": metric, "test_metric": test_metric(metric)}
+        writer.writerow([names.get(k, k) for k in keys] + stats)
         for row in rows:
             writer.writerow(["" if lookup(row, k) is None else lookup(row, k) for k in keys + stats])

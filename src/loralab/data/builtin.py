@@ -116,21 +116,28 @@ BUILTIN_TASKS: dict[str, Callable[[random.Random], dict]] = {
 }
 
 
-def generate(task: str, num_train: int, num_val: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """Train and validation examples for a built-in task; validation prompts never occur in train
-    for the generative tasks (the classification task's sentence space is small on purpose)."""
+def generate(task: str, num_train: int, num_val: int, seed: int, num_test: int = 0) -> tuple[list[dict], ...]:
+    """Train, validation and test examples for a built-in task, drawn in that order from one seeded
+    stream (a test split leaves train and validation as they were without it). For the generative
+    tasks no validation or test prompt occurs in an earlier split (the classification task's
+    sentence space is small on purpose). Returns (train, val), or (train, val, test) with num_test."""
     make = BUILTIN_TASKS[task]
     rng = random.Random(seed)
     train = [make(rng) for _ in range(num_train)]
     key = "prompt" if "prompt" in train[0] else None
     seen = {ex[key] for ex in train} if key else set()
-    val: list[dict] = []
-    attempts = 0
-    while len(val) < num_val:
-        ex = make(rng)
-        attempts += 1
-        if key is None or ex[key] not in seen or attempts > 100 * num_val:
-            val.append(ex)
-            if key:
-                seen.add(ex[key])
-    return train, val
+
+    def fresh(n: int) -> list[dict]:
+        out: list[dict] = []
+        attempts = 0
+        while len(out) < n:
+            ex = make(rng)
+            attempts += 1
+            if key is None or ex[key] not in seen or attempts > 100 * n:
+                out.append(ex)
+                if key:
+                    seen.add(ex[key])
+        return out
+
+    val = fresh(num_val)
+    return (train, val, fresh(num_test)) if num_test else (train, val)

@@ -122,30 +122,45 @@ class LoraDataModule(pl.LightningDataModule):
         self.fingerprint: str | None = None
         self.generation_set: list[dict] = []
         self.val_in_train = 0
+        # the held-out test split (data.num_test, data.test_file, data.test_split), or None
+        self.test_set = None
+        self.test_generation_set: list[dict] = []
+        self.test_fingerprint: str | None = None
+        self.test_in_train = 0
 
     # ---- loading -------------------------------------------------------------------------
-    def _load_raw(self) -> tuple[Any, Any]:
+    def _load_raw(self) -> tuple[Any, Any, Any]:
+        """(train, val, test); test is None without a test split."""
         from datasets import Dataset, load_dataset
 
         cfg = self.cfg
+        test = None
         if cfg.source == "builtin":
+            if cfg.num_test:
+                train, val, test = generate(cfg.builtin_task, cfg.num_train, cfg.num_val, cfg.seed, cfg.num_test)
+                return Dataset.from_list(train), Dataset.from_list(val), Dataset.from_list(test)
             train, val = generate(cfg.builtin_task, cfg.num_train, cfg.num_val, cfg.seed)
-            return Dataset.from_list(train), Dataset.from_list(val)
+            return Dataset.from_list(train), Dataset.from_list(val), None
         try:
             if cfg.source == "local":
                 label = cfg.label_column if self.format.labelled else None
-                for path in filter(None, (cfg.train_file, cfg.val_file)):
+                for path in filter(None, (cfg.train_file, cfg.val_file, cfg.test_file)):
                     check_local_file(path, label)  # a bad line by its number, before Arrow reads it
                 kind = LOCAL_SUFFIXES[Path(cfg.train_file).suffix.lower()]
                 files = {"train": cfg.train_file}
                 if cfg.val_file:
                     files["validation"] = cfg.val_file
+                if cfg.test_file:
+                    files["test"] = cfg.test_file
                 raw = load_dataset(kind, data_files=files)
                 train = raw["train"]
                 val = raw["validation"] if cfg.val_file else None
+                test = raw["test"] if cfg.test_file else None
             else:
                 train = load_dataset(cfg.hub_id, cfg.hub_config, split=cfg.train_split)
                 val = load_dataset(cfg.hub_id, cfg.hub_config, split=cfg.val_split) if cfg.val_split else None
+                if cfg.test_split:
+                    test = load_dataset(cfg.hub_id, cfg.hub_config, split=cfg.test_split)
         except DataError:
             raise
         except Exception as exc:  # datasets raises many types; the user needs the first line
@@ -154,8 +169,8 @@ class LoraDataModule(pl.LightningDataModule):
             raise DataError(f"cannot read data from {where}: {first}") from exc
         if len(train) == 0:
             raise DataError("the training data is empty: check data.train_file / data.hub_id")
-        where = {"train": self._where("train"), "validation": self._where("validation")}
-        for split, ds in (("train", train), ("validation", val)):
+        where = {split: self._where(split) for split in ("train", "validation", "test")}
+        for split, ds in (("train", train), ("validation", val), ("test", test)):
             if ds is not None:  # numbered as in the file, before any split or selection
                 self._check_examples(ds, split, where[split])
         if val is None:
@@ -170,16 +185,24 @@ class LoraDataModule(pl.LightningDataModule):
             train = train.select(range(min(cfg.num_train, len(train))))
         if cfg.num_val:
             val = val.select(range(min(cfg.num_val, len(val))))
+        if test is not None and cfg.num_test:
+            test = test.select(range(min(cfg.num_test, len(test))))
+        if test is not None and len(test) == 0:
+            raise DataError(f"{where['test']} is empty: add examples, or leave the test split unset")
         self._check_overlap(train, val)
-        return train, val
+        if test is not None:
+            self._check_test_overlap(train, val, test)
+        return train, val, test
 
     def _where(self, split: str) -> str:
         """How messages name a split's data: its file, or the hub dataset and split."""
         cfg = self.cfg
         if cfg.source == "local":
-            return str(cfg.val_file if split == "validation" and cfg.val_file else cfg.train_file)
+            own = {"validation": cfg.val_file, "test": cfg.test_file}.get(split)
+            return str(own or cfg.train_file)
         if cfg.source == "hub":
-            return f"{cfg.hub_id} ({cfg.val_split if split == 'validation' and cfg.val_split else cfg.train_split})"
+            own = {"validation": cfg.val_split, "test": cfg.test_split}.get(split)
+            return f"{cfg.hub_id} ({own or cfg.train_split})"
         return f"built-in task {cfg.builtin_task} ({split})"
 
     def _check_examples(self, ds: Any, split: str, where: str) -> None:
@@ -220,6 +243,24 @@ class LoraDataModule(pl.LightningDataModule):
             )
         self.val_in_train = shared
 
+    def _check_test_overlap(self, train: Any, val: Any, test: Any) -> None:
+        """Test examples seen in training or validation: all of them is refused, some are counted."""
+        seen = set(self._example_keys(train)) | set(self._example_keys(val))
+        shared = sum(key in seen for key in self._example_keys(test))
+        if shared and shared == len(test):
+            raise DataError(
+                f"all {len(test)} test examples also appear in the training or validation data: the test figures "
+                "would measure memorisation; pass a separate data.test_file (or data.test_split)"
+            )
+        if shared:
+            log.warning(
+                "%d of %d test examples also appear in the training or validation data: test metrics overstate "
+                "how well the adapter generalises",
+                shared,
+                len(test),
+            )
+        self.test_in_train = shared
+
     def _required_columns(self) -> list[str]:
         return self.format.columns(self.cfg)
 
@@ -240,7 +281,7 @@ class LoraDataModule(pl.LightningDataModule):
         )
         raise DataError(f"{split} data has columns {ds.column_names} but format {cfg.format} needs {missing}: {fix}")
 
-    def _label_ids(self, train: Any, val: Any) -> dict | None:
+    def _label_ids(self, train: Any, val: Any, test: Any = None) -> dict | None:
         if not self.format.labelled:
             return None
         col = self.cfg.label_column
@@ -250,7 +291,9 @@ class LoraDataModule(pl.LightningDataModule):
                 f"classification needs at least 2 labels, found {labels} in column {col!r}: check the data, or "
                 "data.label_column"
             )
-        for split, ds in (("train", train), ("validation", val)):
+        for split, ds in (("train", train), ("validation", val), ("test", test)):
+            if ds is None:
+                continue
             unknown = sorted({str(v) for v in ds[col]} - set(labels))
             if unknown:
                 raise DataError(
@@ -296,12 +339,17 @@ class LoraDataModule(pl.LightningDataModule):
         """Load and tokenize once; later calls (Lightning calls it again) do nothing."""
         if self.train_set is not None:
             return
-        train, val = self._load_raw()
+        train, val, test = self._load_raw()
+        # the data fingerprint is train + val's (what runs without a test split recorded); the test
+        # split has its own
         self.fingerprint = fingerprint_rows(list(train) + list(val))
-        label_ids = self._label_ids(train, val)
+        self.test_fingerprint = fingerprint_rows(list(test)) if test is not None else None
+        label_ids = self._label_ids(train, val, test)
         stats: dict = {}
         splits = {}
-        for split, ds in (("train", train), ("val", val)):
+        for split, ds in (("train", train), ("val", val), ("test", test)):
+            if ds is None:
+                continue
             encoded = self._tokenize(ds, split, label_ids)
             n = len(encoded)
             truncated = sum(encoded["truncated"])
@@ -336,16 +384,19 @@ class LoraDataModule(pl.LightningDataModule):
                 )
             splits[split] = encoded
         self.train_set, self.val_set = splits["train"], splits["val"]
+        self.test_set = splits.get("test")
         self.stats = stats
         self.generation_set = self._generation_examples(val)
+        if test is not None:  # the test split is scored whole
+            self.test_generation_set = self._generation_examples(test, len(test))
 
-    def _generation_examples(self, raw_val: Any) -> list[dict]:
-        """A fixed held-out subset for exact match: the first val prompts and their answers."""
-        n = min(self.cfg.generation_examples, len(raw_val))
+    def _generation_examples(self, raw: Any, limit: int | None = None) -> list[dict]:
+        """Prompts and answers for exact match: the first data.generation_examples (or `limit`)."""
+        n = min(self.cfg.generation_examples if limit is None else limit, len(raw))
         if not self.task.generates or n == 0:
             return []
         rows = []
-        for ex in raw_val.select(range(n)):
+        for ex in raw.select(range(n)):
             item = self.format.item(ex, self.cfg)
             enc = self.task.encode(self.tokenizer, item, self.cfg.max_length, None)
             if enc["keep"]:
@@ -386,6 +437,13 @@ class LoraDataModule(pl.LightningDataModule):
         """In order. With several processes each rank takes every world_size-th example, none
         twice (Lightning's default sampler would repeat some to even out the ranks, and the
         validation loss would count them twice)."""
+        return self._eval_loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        """The held-out test split, like the validation split."""
+        return self._eval_loader(self.test_set)
+
+    def _eval_loader(self, dataset: Any) -> DataLoader:
         from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
         from loralab.distributed import sharded_strategy
@@ -396,10 +454,10 @@ class LoraDataModule(pl.LightningDataModule):
         # so Lightning's padded sampler stays there (a few examples count twice in val/loss)
         if trainer is not None and trainer.world_size > 1 and not sharded_strategy(trainer):
             sampler = UnrepeatedDistributedSampler(
-                self.val_set, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
             )
         return DataLoader(
-            self.val_set.with_format(columns=["input_ids", "labels"]),
+            dataset.with_format(columns=["input_ids", "labels"]),
             batch_size=self.cfg.eval_batch_size,
             sampler=sampler,
             shuffle=False,
@@ -415,4 +473,9 @@ class LoraDataModule(pl.LightningDataModule):
             "stats": self.stats,
             "labels": self.labels,
             "val_examples_in_train": self.val_in_train,
+            **(
+                {"test_fingerprint": self.test_fingerprint, "test_examples_in_train_or_val": self.test_in_train}
+                if self.test_set is not None
+                else {}
+            ),
         }

@@ -29,6 +29,10 @@ class DataConfig:
     task: Optional[str] = None
     num_train: Optional[int] = 1000
     num_val: Optional[int] = 200
+    # a held-out test split, evaluated once after training on the best checkpoint: built-in data
+    # draws num_test examples (disjoint from train and val); local and hub data name their test
+    # file or split. 0 / null: no test split
+    num_test: Optional[int] = 0
     seed: int = 1234
     max_length: int = 128
     train_batch_size: int = 8
@@ -37,11 +41,13 @@ class DataConfig:
     max_new_tokens: int = 16
     train_file: Optional[str] = None
     val_file: Optional[str] = None
+    test_file: Optional[str] = None
     val_fraction: float = 0.1
     hub_id: Optional[str] = None
     hub_config: Optional[str] = None
     train_split: str = "train"
     val_split: Optional[str] = None
+    test_split: Optional[str] = None
     prompt_column: str = "prompt"
     completion_column: str = "completion"
     messages_column: str = "messages"
@@ -64,6 +70,8 @@ class DataConfig:
         for key in ("max_length", "train_batch_size", "eval_batch_size", "max_new_tokens"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"data.{key} must be >= 1, got {getattr(self, key)}")
+        if self.num_test is not None and self.num_test < 0:
+            raise ConfigError(f"data.num_test must be >= 0 (0: no test split), got {self.num_test}")
         if self.generation_examples < 0:
             raise ConfigError(f"data.generation_examples must be >= 0, got {self.generation_examples}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -85,7 +93,7 @@ class DataConfig:
         elif self.source == "local":
             if not self.train_file:
                 raise ConfigError("data.train_file is not set: pass data.train_file=path/to/train.jsonl")
-            for key in ("train_file", "val_file"):
+            for key in ("train_file", "val_file", "test_file"):
                 path = getattr(self, key)
                 if path is None:
                     continue
@@ -99,6 +107,13 @@ class DataConfig:
                     raise ConfigError(
                         f"data.{key} {path} has an unsupported suffix: use one of {sorted(LOCAL_SUFFIXES)}"
                     )
+            if self.test_file is not None:
+                for other in ("train_file", "val_file"):
+                    if getattr(self, other) is not None and Path(self.test_file).samefile(getattr(self, other)):
+                        raise ConfigError(
+                            f"data.test_file is data.{other} ({self.test_file}): a test split must be held out from "
+                            "training and from model selection; pass a separate file"
+                        )
             if self.val_file is not None and Path(self.val_file).samefile(self.train_file):
                 raise ConfigError(
                     f"data.val_file is the training file ({self.val_file}): validating on the training data "
@@ -108,6 +123,12 @@ class DataConfig:
         elif self.source == "hub":
             if not self.hub_id:
                 raise ConfigError("data.hub_id is not set: pass data.hub_id=org/dataset")
+            if self.test_split is not None and self.test_split in (self.train_split, self.val_split):
+                other = "train_split" if self.test_split == self.train_split else "val_split"
+                raise ConfigError(
+                    f"data.test_split is data.{other} ({self.test_split!r}): a test split must be held out from "
+                    "training and from model selection; pass another split"
+                )
             if self.val_split is not None and self.val_split == self.train_split:
                 raise ConfigError(
                     f"data.val_split is the training split ({self.val_split!r}): validating on the training data "

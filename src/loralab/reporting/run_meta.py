@@ -101,8 +101,14 @@ FORMAT_VERSION = 1
 UNHASHED = ("paths", "logger", "resume", "ckpt_path", "tags", "experiment_name", "objective")
 # keys added after runs were recorded, at the value that computes what those runs computed: left out
 # of the hash there, so that a relaunched sweep still finds its finished jobs and compare still
-# groups them (data.task: null chooses the task those runs had)
-NEUTRAL = {("data", "task"): None}
+# groups them (data.task: null chooses the task those runs had; no test split evaluates nothing)
+NEUTRAL = {
+    ("data", "task"): None,
+    ("data", "num_test"): 0,
+    ("data", "test_file"): None,
+    ("data", "test_split"): None,
+    ("callbacks", "test_split"): {"_target_": "loralab.callbacks.TestEvaluation", "checkpoint": "best"},
+}
 
 
 def _placeholders(data: dict) -> list[tuple[str, str]]:

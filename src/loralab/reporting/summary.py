@@ -77,8 +77,12 @@ def print_summary(summary: dict) -> None:
     table.add_column("before")
     table.add_column("after")
     before, after = summary.get("before") or {}, summary.get("after") or {}
+    test = summary.get("test") or {}
+    if test:  # the held-out split, on the checkpoint it was evaluated on: beside each val metric
+        table.add_column(f"test (step {summary.get('test_step')})")
     for key in sorted(set(before) | set(after)):
-        table.add_row(key, _fmt(before.get(key)), _fmt(after.get(key)))
+        cells = [_fmt(before.get(key)), _fmt(after.get(key))]
+        table.add_row(key, *cells, *([_fmt(test.get("test/" + key.split("/", 1)[-1]))] if test else []))
     trainable, total = summary.get("trainable_params"), summary.get("total_params")
     if trainable is not None and total:
         table.add_row(
