@@ -13,6 +13,7 @@ import torch
 from transformers import GenerationConfig
 
 from loralab.distributed import sharded_strategy
+from loralab.metrics import check_regex, score
 from loralab.tasks import get_task
 from loralab.variants.registry import AdapterInfo
 
@@ -31,6 +32,8 @@ class LoraModule(pl.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         max_new_tokens: int = 16,
         generation_batch_size: int = 32,
+        metrics: list[str] | tuple[str, ...] = ("exact_match",),
+        answer_regex: str | None = None,
     ) -> None:
         super().__init__()
         self.adapter = adapter
@@ -43,6 +46,9 @@ class LoraModule(pl.LightningModule):
         self.max_new_tokens = max_new_tokens
         self.generation_batch_size = generation_batch_size
         self.task = get_task(adapter.task)
+        # how greedy answers are scored (loralab.metrics), each logged as val/<name> and test/<name>
+        self.metrics = list(metrics)
+        self.answer_pattern = check_regex(answer_regex)
         # frozen base weights are not part of checkpoints (see AdapterCheckpoint)
         self.strict_loading = False
         self.tokens_seen = 0
@@ -130,7 +136,8 @@ class LoraModule(pl.LightningModule):
                     )
                     self._warned_sharded = True
             elif rows:
-                self.log("val/exact_match", self.exact_match(rows), prog_bar=True)
+                for name, value in self.answer_scores(rows).items():
+                    self.log(f"val/{name}", value, prog_bar=True)
         self.last_val_step = self.trainer.global_step
 
     @torch.no_grad()
@@ -154,7 +161,7 @@ class LoraModule(pl.LightningModule):
             if self.task.metric == "accuracy":
                 metrics[f"{prefix}/accuracy"] = (sums[2] / sums[1].clamp_min(1)).item()
             elif self.task.generates and rows and not (self._trainer is not None and sharded_strategy(self.trainer)):
-                metrics[f"{prefix}/exact_match"] = self.exact_match(rows)
+                metrics.update({f"{prefix}/{name}": value for name, value in self.answer_scores(rows).items()})
         finally:
             self.model.train(was_training)
         return metrics
@@ -184,17 +191,24 @@ class LoraModule(pl.LightningModule):
             answers += self.task.generate(self.model, chunk, tok, config)
         return [a.strip() for a in answers]
 
-    def exact_match(self, rows: list[dict]) -> float:
-        """Share of greedy answers equal to the reference (after stripping whitespace). With several
-        processes each answers every world_size-th prompt and the counts are summed."""
+    def answer_scores(self, rows: list[dict], names: list[str] | None = None) -> dict[str, float]:
+        """Each metric's mean over the rows' greedy answers against their references (one
+        generation pass for every metric). With several processes each answers every
+        world_size-th prompt and the sums are reduced."""
+        names = self.metrics if names is None else names
         world = self.trainer.world_size if self._trainer is not None else 1
         rank = self.trainer.global_rank if self._trainer is not None else 0
         mine = rows[rank::world]
         answers = self.generate_answers([r["prompt_ids"] for r in mine]) if mine else []
-        hits = torch.tensor(float(sum(a == r["reference"] for a, r in zip(answers, mine, strict=True))))
+        sums = score(answers, [r["reference"] for r in mine], names, self.answer_pattern)
+        totals = torch.tensor([float(sums[name]) for name in names], dtype=torch.float64)
         if world > 1:
-            hits = self.trainer.strategy.reduce(hits.to(self.device), reduce_op="sum").cpu()
-        return float(hits) / len(rows)
+            totals = self.trainer.strategy.reduce(totals.to(self.device), reduce_op="sum").cpu()
+        return {name: float(total) / len(rows) for name, total in zip(names, totals.tolist(), strict=True)}
+
+    def exact_match(self, rows: list[dict]) -> float:
+        """Share of greedy answers equal to the reference (after stripping whitespace)."""
+        return self.answer_scores(rows, ["exact_match"])["exact_match"]
 
     # ---- optimizer ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

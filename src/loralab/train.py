@@ -147,6 +147,8 @@ def _setup(cfg: DictConfig, typed) -> tuple:
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         max_new_tokens=typed.data.max_new_tokens,
         generation_batch_size=typed.data.eval_batch_size,
+        metrics=typed.data.metrics,
+        answer_regex=typed.data.answer_regex,
     )
 
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)  # 4. fit

@@ -629,6 +629,20 @@ CASES: list[Case] = [
         "loralab: error: data.test_split is data.val_split ('validation'): a test split must be held out from training and from model selection; pass another split",
     ),
     Case(
+        "unknown metric",
+        "config values",
+        T,
+        ["data.metrics=[exact_macth]"],
+        "loralab: error: unknown metric 'exact_macth': data.metrics takes ['exact_match', 'normalized_exact_match', 'token_f1'] or a function's import path (package.module.function)",
+    ),
+    Case(
+        "answer pattern that is not a regular expression",
+        "config values",
+        T,
+        ["data.answer_regex='#### ('"],
+        "loralab: error: data.answer_regex '#### (' is not a regular expression (missing ), unterminated subpattern at position 5): fix it",
+    ),
+    Case(
         "negative test split size",
         "config values",
         T,

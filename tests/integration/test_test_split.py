@@ -120,3 +120,15 @@ def test_a_test_file_copied_from_training_is_refused(tiny_tokenizer, tmp_path):
     cfg = DataConfig(source="local", train_file=str(train_file), test_file=str(test_file), num_train=None, num_val=None)
     with pytest.raises(DataError, match="all 5 test examples also appear in the training or validation data"):
         LoraDataModule(cfg, tiny_tokenizer).setup()
+
+
+def test_every_chosen_metric_is_scored_on_val_and_test_from_one_generation(make_cfg):
+    names = ["exact_match", "normalized_exact_match", "token_f1"]
+    summary, objects = train(_tiny(make_cfg, f"data.metrics=[{','.join(names)}]"))
+    assert {f"val/{n}" for n in names} <= set(summary["after"])
+    assert {f"test/{n}" for n in names} <= set(summary["test"])
+    module, rows = objects["module"], objects["datamodule"].generation_set
+    answers = module.generate_answers([r["prompt_ids"] for r in rows])
+    # the references are the model's own answers, shouted: only the normalising metrics forgive it
+    shouted = [{**row, "reference": answer.upper() + "!"} for row, answer in zip(rows, answers, strict=True)]
+    assert module.answer_scores(shouted) == {"exact_match": 0.0, "normalized_exact_match": 1.0, "token_f1": 1.0}

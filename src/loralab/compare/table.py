@@ -37,7 +37,7 @@ SHOWN = {"variant", "variant.name", "variant.r", "variant.alpha", "variant.targe
 NUMERIC = ("trainable", "adapter_bytes", "peak_mb", "tokens_per_s", "val_loss", "metric", "test_metric", "merge_err")
 # the chosen metric on the held-out test split (runs with one), beside the val column it mirrors
 TEST_COLUMN = ("test_metric", "test_metric")
-PREFERRED_METRICS = ("val/exact_match", "val/accuracy", "val/loss")
+PREFERRED_METRICS = ("val/exact_match", "val/normalized_exact_match", "val/token_f1", "val/accuracy", "val/loss")
 # the statuses whose figures are compared (aggregated rows carry "n/m completed" and count only those)
 COMPARED = FINISHED
 

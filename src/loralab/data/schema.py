@@ -3,7 +3,7 @@ nothing heavy: configs are checked with it before torch loads."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
@@ -39,6 +39,13 @@ class DataConfig:
     eval_batch_size: int = 32
     generation_examples: int = 64
     max_new_tokens: int = 16
+    # how greedy answers are scored against the references (loralab.metrics; each is logged as
+    # val/<name> and test/<name>): exact_match, normalized_exact_match, token_f1, or a function's
+    # import path (package.module.function)
+    metrics: List[str] = field(default_factory=lambda: ["exact_match"])
+    # a regular expression that finds the answer in an output and a reference before scoring (one
+    # group around the answer, or none: the whole match), e.g. '#### (\S+)'
+    answer_regex: Optional[str] = None
     train_file: Optional[str] = None
     val_file: Optional[str] = None
     test_file: Optional[str] = None
@@ -70,6 +77,7 @@ class DataConfig:
         for key in ("max_length", "train_batch_size", "eval_batch_size", "max_new_tokens"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"data.{key} must be >= 1, got {getattr(self, key)}")
+        self._check_metrics()
         if self.num_test is not None and self.num_test < 0:
             raise ConfigError(f"data.num_test must be >= 0 (0: no test split), got {self.num_test}")
         if self.generation_examples < 0:
@@ -135,6 +143,20 @@ class DataConfig:
                     "measures memorisation; pass another split, or leave data.val_split unset to hold out "
                     "data.val_fraction of the training split"
                 )
+
+    def _check_metrics(self) -> None:
+        from loralab.metrics import check_regex, get_metric
+
+        if not self.metrics:
+            raise ConfigError("data.metrics is empty: name at least one, e.g. data.metrics=[exact_match]")
+        for name in self.metrics:
+            get_metric(name)
+        check_regex(self.answer_regex)
+        if FORMATS[self.format].labelled and (list(self.metrics) != ["exact_match"] or self.answer_regex):
+            raise ConfigError(
+                "data.metrics and data.answer_regex score generated answers; classification reports val/accuracy: "
+                "leave them unset with data.format=classification"
+            )
 
     @property
     def default_task(self) -> str:

@@ -104,6 +104,8 @@ UNHASHED = ("paths", "logger", "resume", "ckpt_path", "tags", "experiment_name",
 # groups them (data.task: null chooses the task those runs had; no test split evaluates nothing)
 NEUTRAL = {
     ("data", "task"): None,
+    ("data", "metrics"): ["exact_match"],
+    ("data", "answer_regex"): None,
     ("data", "num_test"): 0,
     ("data", "test_file"): None,
     ("data", "test_split"): None,
