@@ -38,7 +38,22 @@ def one_line_error(message: str) -> str:
             parts[-1] += ", " + line
         else:
             parts.append(line.rstrip("."))
-    return "; ".join(parts)
+    text = "; ".join(parts)
+    return text + _fix_hint(message)
+
+
+def _fix_hint(message: str) -> str:
+    """How to fix the override errors whose Hydra message does not say it."""
+    import re
+
+    merging = re.search(r"Error merging override ([^=\s]+)=(\S*)", message)
+    if merging and "is not a ListConfig, list or tuple" in message:
+        return f": pass a list, e.g. {merging.group(1)}=[{merging.group(2)}]"
+    parsing = re.search(r"Error parsing override '([^=']+)=", message)
+    if parsing:
+        key = parsing.group(1)
+        return f": quote a value with brackets, backslashes or spaces, e.g. \"{key}='...'\""
+    return ""
 
 
 HELP_FLAGS = ("--help", "-h")

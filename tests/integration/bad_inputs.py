@@ -680,6 +680,20 @@ CASES: list[Case] = [
         "loralab: error: cannot parse the override 'tags=[🚀]': its value holds characters that Hydra accepts only in quotes: quote the value, e.g. \"tags='...'\" (a list: \"tags=['...']\")",
     ),
     Case(
+        "one value where a list goes",
+        "command line",
+        T,
+        ["data.metrics=token_f1"],
+        "loralab: error: Error merging override data.metrics=token_f1; Invalid value assigned: str is not a ListConfig, list or tuple: pass a list, e.g. data.metrics=[token_f1]",
+    ),
+    Case(
+        "unquoted regular expression",
+        "command line",
+        T,
+        ["data.answer_regex=(\\d+)"],
+        "loralab: error: Error parsing override 'data.answer_regex=(\\d+)'; extraneous input '(' expecting {<EOF>, ':', BRACKET_OPEN, BRACE_OPEN, FLOAT, INT, BOOL, NULL, UNQUOTED_CHAR, ID, ESC, WS, QUOTED_VALUE, INTERPOLATION}; See https://hydra.cc/docs/1.2/advanced/override_grammar/basic for details: quote a value with brackets, backslashes or spaces, e.g. \"data.answer_regex='...'\"",
+    ),
+    Case(
         "a list without brackets",
         "command line",
         T,
