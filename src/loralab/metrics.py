@@ -77,9 +77,10 @@ def get_metric(name: str) -> Metric:
         )
     try:
         fn = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001 (a user's module may fail in any way: one line)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ConfigError(
-            f"metric {name!r} cannot be imported ({type(exc).__name__}: {exc}): check the path, or use one of "
+            f"metric {name!r} cannot be imported ({type(exc).__name__}: {first}): check the path, or use one of "
             f"{sorted(METRICS)}"
         ) from None
     if not callable(fn):
@@ -95,6 +96,11 @@ def check_regex(pattern: str | None) -> re.Pattern | None:
         compiled = re.compile(pattern)
     except re.error as exc:
         raise ConfigError(f"data.answer_regex {pattern!r} is not a regular expression ({exc}): fix it") from None
+    if compiled.search("") is not None:
+        raise ConfigError(
+            f"data.answer_regex {pattern!r} matches an empty text, so every answer would match: make it require "
+            "the answer (e.g. '#### (\\S+)' rather than '(\\d*)$')"
+        )
     if compiled.groups > 1:
         raise ConfigError(
             f"data.answer_regex {pattern!r} has {compiled.groups} groups: use one group around the answer "
@@ -112,7 +118,7 @@ def extract(text: str, pattern: re.Pattern | None, fallback: str | None = None) 
     if not found:
         return text if fallback is None else fallback
     match = found[-1]
-    return (match.group(1) if pattern.groups else match.group(0)).strip()
+    return ((match.group(1) if pattern.groups else match.group(0)) or "").strip()
 
 
 def score(answers: list[str], references: list[str], names: list[str], pattern: re.Pattern | None) -> dict:

@@ -132,3 +132,15 @@ def test_every_chosen_metric_is_scored_on_val_and_test_from_one_generation(make_
     # the references are the model's own answers, shouted: only the normalising metrics forgive it
     shouted = [{**row, "reference": answer.upper() + "!"} for row, answer in zip(rows, answers, strict=True)]
     assert module.answer_scores(shouted) == {"exact_match": 0.0, "normalized_exact_match": 1.0, "token_f1": 1.0}
+
+
+def test_a_built_in_test_split_that_repeats_training_examples_is_counted(tiny_tokenizer, caplog):
+    """topics' sentence space is small on purpose (it has no test split by default): one asked for
+    repeats training examples, and the run says how many."""
+    cfg = DataConfig(
+        name="topics", builtin_task="topics", format="classification", num_train=500, num_val=20, num_test=20
+    )
+    dm = LoraDataModule(cfg, tiny_tokenizer)
+    dm.setup()
+    assert dm.test_in_train > 0 and dm.describe()["test_examples_in_train_or_val"] == dm.test_in_train
+    assert "test examples also appear in the training or validation data" in caplog.text

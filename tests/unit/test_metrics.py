@@ -63,3 +63,13 @@ def test_bad_metric_settings_are_refused_in_one_line(kwargs, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
         DataConfig(**kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_an_optional_group_that_matched_nothing_scores_as_empty():
+    pattern = check_regex(r"answer: (\d+)?!")
+    assert extract("answer: !", pattern) == ""
+
+
+def test_a_pattern_that_matches_an_empty_text_is_refused():
+    with pytest.raises(ConfigError, match="matches an empty text, so every answer would match"):
+        check_regex(r"(\d*)$")

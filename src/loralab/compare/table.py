@@ -58,7 +58,13 @@ def _row(run: RunDir, label: str) -> dict[str, Any]:
     summary = run.summary() or {}
     problem = run.adapter_problem(summary)
     if problem:  # the recorded adapter is not what is on disk: its figures describe something lost
-        summary = {**summary, "status": "damaged", "error": f"the saved adapter is damaged: {problem}", "after": {}}
+        summary = {
+            **summary,
+            "status": "damaged",
+            "error": f"the saved adapter is damaged: {problem}",
+            "after": {},
+            "test": {},
+        }
     source = run
     if summary.get("status") == "skipped" and summary.get("same_as"):
         found = run.resolve_same_as(summary)

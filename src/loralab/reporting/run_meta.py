@@ -106,7 +106,7 @@ NEUTRAL = {
     ("data", "task"): None,
     ("data", "metrics"): ["exact_match"],
     ("data", "answer_regex"): None,
-    ("data", "num_test"): 0,
+    ("data", "num_test"): (0, None),
     ("data", "test_file"): None,
     ("data", "test_split"): None,
     ("callbacks", "test_split"): {"_target_": "loralab.callbacks.TestEvaluation", "checkpoint": "best"},
@@ -144,7 +144,8 @@ def config_hash(cfg: DictConfig | dict) -> str:
         data.pop(key, None)
     for (group, key), value in NEUTRAL.items():
         node = data.get(group)
-        if isinstance(node, dict) and key in node and node[key] == value:
+        neutral = value if isinstance(value, tuple) else (value,)
+        if isinstance(node, dict) and key in node and node[key] in neutral:
             del node[key]
     text = OmegaConf.to_yaml(OmegaConf.create(data), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
