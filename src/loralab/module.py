@@ -10,9 +10,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from transformers import GenerationConfig
 
 from loralab.distributed import sharded_strategy
+from loralab.evaluation import greedy_answers, loss_sums, split_figures
 from loralab.metrics import check_regex, score
 from loralab.tasks import get_task
 from loralab.variants.registry import AdapterInfo
@@ -148,48 +148,21 @@ class LoraModule(pl.LightningModule):
         was_training = self.model.training
         self.model.eval()
         try:
-            sums = torch.zeros(3, device=self.device)
-            for batch in loader:
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                out = self.task.forward(self.model, batch)
-                count, correct = self.task.val_counts(out, batch)
-                sums += torch.stack([out.loss.detach().float() * count, count, correct])
+            sums = loss_sums(self.model, self.task, loader, self.device)
             if self._trainer is not None and self.trainer.world_size > 1:
                 sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
-            loss = (sums[0] / sums[1].clamp_min(1)).item()
-            metrics = {f"{prefix}/loss": loss, f"{prefix}/ppl": math.exp(min(loss, 50.0))}
-            if self.task.metric == "accuracy":
-                metrics[f"{prefix}/accuracy"] = (sums[2] / sums[1].clamp_min(1)).item()
-            elif self.task.generates and rows and not (self._trainer is not None and sharded_strategy(self.trainer)):
+            metrics = split_figures(sums, prefix, self.task)
+            if self.task.generates and rows and not (self._trainer is not None and sharded_strategy(self.trainer)):
                 metrics.update({f"{prefix}/{name}": value for name, value in self.answer_scores(rows).items()})
         finally:
             self.model.train(was_training)
         return metrics
 
-    @torch.no_grad()
     def generate_answers(self, prompts: list[list[int]]) -> list[str]:
         """Greedy answers to token-id prompts, in batches, as the task generates them."""
-        tok = self.tokenizer
-        # greedy, whatever the checkpoint's generation_config asks for (transformers fills every
-        # setting left unset from it: beams, a minimum length, n-gram and repetition penalties)
-        config = GenerationConfig(
-            max_new_tokens=self.max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            min_length=0,
-            min_new_tokens=0,
-            no_repeat_ngram_size=0,
-            repetition_penalty=1.0,
-            length_penalty=1.0,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-            decoder_start_token_id=getattr(self.model.config, "decoder_start_token_id", None),
+        return greedy_answers(
+            self.model, self.task, self.tokenizer, prompts, self.max_new_tokens, self.generation_batch_size
         )
-        answers: list[str] = []
-        for start in range(0, len(prompts), self.generation_batch_size):
-            chunk = prompts[start : start + self.generation_batch_size]
-            answers += self.task.generate(self.model, chunk, tok, config)
-        return [a.strip() for a in answers]
 
     def answer_scores(self, rows: list[dict], names: list[str] | None = None) -> dict[str, float]:
         """Each metric's mean over the rows' greedy answers against their references (one

@@ -18,6 +18,7 @@ from typing import Any
 
 from loralab.errors import LoralabError
 from loralab.reporting.run_meta import FORMAT_VERSION
+from loralab.reporting.summary import forgetting_figures
 from loralab.rundir import GIT_DIFF, RunDir, RunFileError, check_writable
 
 log = logging.getLogger("loralab")
@@ -167,9 +168,9 @@ def verify(original_dir: Path, new_dir: Path) -> list[str]:
     for key in ("status", "global_step", "trainable_params", "final_train_loss"):
         if a.get(key) != b.get(key):
             diffs.append(f"{key}: {a.get(key)} -> {b.get(key)}")
-    # the final validation metrics and the held-out test split's
-    before = {**(a.get("after") or {}), **(a.get("test") or {})}
-    after = {**(b.get("after") or {}), **(b.get("test") or {})}
+    # the final validation metrics, the held-out test split's and forgetting
+    before = {**(a.get("after") or {}), **(a.get("test") or {}), **forgetting_figures(a)}
+    after = {**(b.get("after") or {}), **(b.get("test") or {}), **forgetting_figures(b)}
     for key in sorted(set(before) | set(after)):
         if before.get(key) != after.get(key):
             diffs.append(f"{key}: {before.get(key)!r} -> {after.get(key)!r}")

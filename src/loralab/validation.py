@@ -110,6 +110,13 @@ def validate(cfg: DictConfig) -> ValidatedConfig:
     return ValidatedConfig(variant=variant, data=data, quantization=quantization)
 
 
+def validate_data(cfg: DictConfig) -> DataConfig:
+    """The data section alone, checked (loralab-eval: another split or data config for a finished
+    run, whose training settings are not checked again)."""
+    resolve_paths(cfg)
+    return _build(DataConfig, cfg.data, "data")
+
+
 def check_config(cfg, skeletons: dict | None = None):
     """The checks of one run's config, as a single run and every job of a sweep get them: its
     values, the W&B environment, the model's location, and the targets against the model's module

@@ -168,6 +168,20 @@ def _interrupted(tmp: Path, runs: dict) -> None:
     (tmp / "a" / "summary.json").write_text(json.dumps({**summary, "status": "interrupted", "error": "x"}))
 
 
+def _no_adapter_weights(tmp: Path, runs: dict) -> None:
+    for name in ("a", "topics"):
+        if (tmp / name).is_dir():
+            (tmp / name / "adapter" / "adapter_model.safetensors").unlink()
+
+
+def _no_merged(tmp: Path, runs: dict) -> None:
+    shutil.rmtree(tmp / "a" / "merged")
+
+
+def _running(tmp: Path, runs: dict) -> None:
+    (tmp / "a" / "summary.json").unlink()
+
+
 def _file(name: str) -> Callable[[Path, dict], None]:
     def write(tmp: Path, runs: dict) -> None:
         (tmp / name).write_text("not a directory\n")
@@ -215,6 +229,7 @@ CSV_GAP = b"prompt,completion\nQ1?,A1\nQ2?,A2\nQ3?,\nQ4?,A4\n"
 
 # ---- the catalogue -----------------------------------------------------------------------------
 T, R, C = "loralab-train", "loralab-rerun", "loralab-compare"
+E, G, X = "loralab-eval", "loralab-generate", "loralab-export"
 CASES: list[Case] = [
     # ---- config values: ranges, finiteness, kinds; refused in about a second, nothing written ----
     Case(
@@ -1524,6 +1539,213 @@ CASES: list[Case] = [
         setup=_file("afile"),
         needs=["a"],
     ),
+    # ---- loralab-eval, loralab-generate, loralab-export: a finished run and what they are asked ----
+    Case(
+        "eval of a missing directory",
+        "using a run",
+        E,
+        ["{tmp}/nowhere"],
+        "loralab-eval: error: {tmp}/nowhere is not a directory: pass the run directory loralab-train wrote (outputs/...)",
+    ),
+    Case(
+        "eval of a directory that is not a run",
+        "using a run",
+        E,
+        ["{tmp}"],
+        "loralab-eval: error: {tmp} is not a loralab run directory: it has no summary.json or run_meta.json (it holds runs: a; pass one of them)",
+        needs=["a"],
+    ),
+    Case(
+        "eval of a failed run",
+        "using a run",
+        E,
+        ["{tmp}/a"],
+        "loralab-eval: error: {tmp}/a is not a completed run (status failed: x): loralab-eval needs a finished run; resume it (loralab-train ... resume=auto) or rerun it (loralab-rerun) first",
+        setup=_failed_original,
+        needs=["a"],
+    ),
+    Case(
+        "eval of a run still running (no summary)",
+        "using a run",
+        E,
+        ["{tmp}/a"],
+        "loralab-eval: error: {tmp}/a is not a completed run (no summary.json: still running, or killed): loralab-eval needs a finished run; resume it (loralab-train ... resume=auto) or rerun it (loralab-rerun) first",
+        setup=_running,
+        needs=["a"],
+    ),
+    Case(
+        "eval of a run without its adapter weights",
+        "using a run",
+        E,
+        ["{tmp}/a"],
+        "loralab-eval: error: {tmp}/a: the saved adapter is not usable ({tmp}/a/adapter/adapter_model.safetensors is missing); retrain or rerun the run",
+        setup=_no_adapter_weights,
+        needs=["a"],
+    ),
+    Case(
+        "eval of a run with a damaged adapter",
+        "using a run",
+        E,
+        ["{tmp}/a"],
+        "loralab-eval: error: {tmp}/a: the saved adapter is not usable ({tmp}/a/adapter/adapter_model.safetensors is not the file the run saved (its SHA-256 differs from the one summary.json records)); retrain or rerun the run",
+        setup=_flip_adapter_bit,
+        needs=["a"],
+    ),
+    Case(
+        "eval with an unknown metric",
+        "using a run",
+        E,
+        ["{tmp}/a", "data.metrics=[exact_matc]"],
+        "loralab-eval: error: unknown metric 'exact_matc': data.metrics takes ['exact_match', 'normalized_exact_match', 'token_f1'] or a function's import path (package.module.function)",
+        needs=["a"],
+    ),
+    Case(
+        "eval with a key the data config lacks",
+        "using a run",
+        E,
+        ["{tmp}/a", "data.test_fil=x.jsonl"],
+        "loralab-eval: error: 'data.test_fil=x.jsonl': the data config has no key 'test_fil': did you mean data.test_file?",
+        needs=["a"],
+    ),
+    Case(
+        "eval override of the model",
+        "using a run",
+        E,
+        ["{tmp}/a", "variant.r=4"],
+        "loralab-eval: error: loralab-eval changes the data only: 'variant.r=4' is not data=NAME or data.<key>=value (the model and adapter are the run's)",
+        needs=["a"],
+    ),
+    Case(
+        "eval of a split that is not test or val",
+        "using a run",
+        E,
+        ["{tmp}/a", "--split", "train"],
+        "loralab-eval: error: --split 'train': choose one of ['test', 'val']",
+        needs=["a"],
+    ),
+    Case(
+        "eval on data the run's task cannot read",
+        "using a run",
+        E,
+        ["{tmp}/a", "data=topics"],
+        "loralab-eval: error: the run trained a causal_lm model, which cannot read data.format=classification (it reads prompt_completion, chat): evaluate it on data of that format",
+        needs=["a"],
+    ),
+    Case(
+        "eval on a data config that does not exist",
+        "using a run",
+        E,
+        ["{tmp}/a", "data=datse"],
+        "loralab-eval: error: data=datse: no such data config; choose one of ['dates', 'hub', 'local', 'topics', 'word_sort']",
+        needs=["a"],
+    ),
+    Case(
+        "eval of local data without a test file",
+        "using a run",
+        E,
+        ["{tmp}/a", "data=local"],
+        "loralab-eval: error: data=local needs data.test_file=... for loralab-eval: the file to evaluate on",
+        needs=["a"],
+    ),
+    Case(
+        "eval --merged of a run without merged/",
+        "using a run",
+        E,
+        ["{tmp}/a", "--merged"],
+        "loralab-eval: error: {tmp}/a has no merged model in merged/ (callbacks.merge_check.save_merged=false?): drop --merged to use the adapter, or write one with loralab-export RUN_DIR --to merged",
+        setup=_no_merged,
+        needs=["a"],
+    ),
+    Case(
+        "eval with a batch size of zero",
+        "using a run",
+        E,
+        ["{tmp}/a", "--batch-size", "0"],
+        "loralab-eval: error: --batch-size must be at least 1, got 0",
+        needs=["a"],
+    ),
+    Case(
+        "generate with a classification run",
+        "using a run",
+        G,
+        ["{tmp}/topics", "hello"],
+        "loralab-generate: error: {tmp}/topics trained a seq_cls model, which labels texts and does not generate: use loralab-eval to see its predictions",
+        needs=["topics"],
+    ),
+    Case(
+        "generate with a negative temperature",
+        "using a run",
+        G,
+        ["{tmp}/a", "hi", "--temperature", "-1"],
+        "loralab-generate: error: --temperature must be between 0 (greedy) and 100, got -1.0",
+        needs=["a"],
+    ),
+    Case(
+        "generate with top-p above one",
+        "using a run",
+        G,
+        ["{tmp}/a", "hi", "--top-p", "1.5"],
+        "loralab-generate: error: --top-p must be in (0, 1], got 1.5",
+        needs=["a"],
+    ),
+    Case(
+        "generate with an empty prompt",
+        "using a run",
+        G,
+        ["{tmp}/a", " "],
+        "loralab-generate: error: the prompt is empty: pass some text, or no prompt for a chat",
+        needs=["a"],
+    ),
+    Case(
+        "generate from a failed run",
+        "using a run",
+        G,
+        ["{tmp}/a", "hi"],
+        "loralab-generate: error: {tmp}/a is not a completed run (status failed: x): loralab-generate needs a finished run; resume it (loralab-train ... resume=auto) or rerun it (loralab-rerun) first",
+        setup=_failed_original,
+        needs=["a"],
+    ),
+    Case(
+        "export to a format loralab does not write",
+        "using a run",
+        X,
+        ["{tmp}/a", "--to", "onnx"],
+        "loralab-export: error: --to 'onnx': choose one of ['merged', 'gguf']",
+        needs=["a"],
+    ),
+    Case(
+        "export in a dtype loralab does not write",
+        "using a run",
+        X,
+        ["{tmp}/a", "--to", "gguf", "--dtype", "f8"],
+        "loralab-export: error: --dtype 'f8': choose one of ['f32', 'f16', 'bf16']",
+        needs=["a"],
+    ),
+    Case(
+        "export a classification model to GGUF",
+        "using a run",
+        X,
+        ["{tmp}/topics", "--to", "gguf"],
+        "loralab-export: error: {tmp}/topics trained a seq_cls model: GGUF holds causal language models; use --to merged",
+        needs=["topics"],
+    ),
+    Case(
+        "export a run without its adapter weights",
+        "using a run",
+        X,
+        ["{tmp}/a", "--to", "merged"],
+        "loralab-export: error: {tmp}/a: the saved adapter is not usable ({tmp}/a/adapter/adapter_model.safetensors is missing); retrain or rerun the run",
+        setup=_no_adapter_weights,
+        needs=["a"],
+    ),
+    Case(
+        "export into a directory that is not an export",
+        "using a run",
+        X,
+        ["{tmp}/a", "--to", "merged", "--out", "{tmp}/a/adapter"],
+        "loralab-export: error: {tmp}/a/adapter exists and is not a loralab export: pass --out with a new directory",
+        needs=["a"],
+    ),
 ]
 
 
@@ -1561,11 +1783,17 @@ def run_case(case: Case, tmp: Path, monkeypatch) -> tuple[int, str]:
 
         args = args if "--out" in args else [*args, "--out", str(tmp / "rerun")]
         call = lambda: rerun_main(args)  # noqa: E731
-    else:
+    elif case.command == C:
         from loralab.compare import main as compare_main
 
         args = args if "--out" in args else [*args, "--out", str(tmp / "report")]
         call = lambda: compare_main(args)  # noqa: E731
+    else:
+        from loralab.commands import eval as eval_cmd
+        from loralab.commands import export, generate
+
+        main_of = {E: eval_cmd.main, G: generate.main, X: export.main}[case.command]
+        call = lambda: main_of(args)  # noqa: E731
     return run_captured(call)
 
 
@@ -1640,6 +1868,11 @@ CLASSES = {
     "environment": "Settings that come from the environment, not the config.",
     "rerun": "`loralab-rerun`: what it runs again and what it verifies against (recorded hashes are checked first).",
     "compare": "`loralab-compare`: what it reads (a damaged adapter is reported, not compared) and where it writes.",
+    "using a run": (
+        "`loralab-eval`, `loralab-generate`, `loralab-export`: the finished run they are handed (checked against "
+        "its recorded hashes first) and what they are asked to do with it; they write nothing into it but their "
+        "own output."
+    ),
 }
 
 

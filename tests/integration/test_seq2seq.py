@@ -84,6 +84,7 @@ def test_seq2seq_adapter_round_trips_through_plain_peft(seq2seq_run):
     )
 
 
+@pytest.mark.matrix  # a second check of what make test covers: make test-matrix
 def test_exact_match_scores_the_answers_transformers_generates(make_cfg):
     """The answers loralab compares with the references are the decoder's greedy output, prompt not
     included: set as references, they score 1.0; one changed, 1 - 1/n."""

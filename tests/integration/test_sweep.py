@@ -192,6 +192,7 @@ def test_relaunch_with_a_reordered_grid_keeps_every_run(tmp_path):
     assert [(r["r"], r["status"]) for r in rows] == [("4", "skipped"), ("2", "skipped")]
 
 
+@pytest.mark.matrix  # a second check of what make test covers: make test-matrix
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     sweep = tmp_path / "sweep"
     proc = multirun(tmp_path, sweep, "hydra/launcher=parallel", "data.max_length=128,4,128")
@@ -206,6 +207,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     assert [r["status"] for r in rows] == ["completed", "failed", "completed"]
 
 
+@pytest.mark.matrix  # a second check of what make test covers: make test-matrix
 def test_submitit_local_executor_runs_a_two_job_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     proc = multirun(tmp_path, sweep, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "variant.r=2,4")
@@ -231,6 +233,7 @@ def test_optuna_sweeper_returns_the_best_val_loss(tmp_path):
     assert "optimizer.lr" in header
 
 
+@pytest.mark.matrix  # a second check of what make test covers: make test-matrix
 def test_a_job_with_a_damaged_adapter_is_rebuilt_on_relaunch(tmp_path):
     """A relaunch skips completed jobs only when their adapter is the one they recorded; a damaged
     one is rebuilt from the job's newest checkpoint, to the same tensors."""

@@ -144,3 +144,34 @@ def test_a_built_in_test_split_that_repeats_training_examples_is_counted(tiny_to
     dm.setup()
     assert dm.test_in_train > 0 and dm.describe()["test_examples_in_train_or_val"] == dm.test_in_train
     assert "test examples also appear in the training or validation data" in caplog.text
+
+
+def test_a_changed_test_file_is_tokenized_again(tiny_tokenizer, tmp_path):
+    """The token cache keys the test split by its own rows: the same train and val files with another
+    test file give the new test rows, not the cached ones."""
+    import json as _json
+
+    def rows(name: str, n: int, start: int) -> str:
+        path = tmp_path / name
+        path.write_text(
+            "".join(_json.dumps({"prompt": f"Q{i}?", "completion": f"A{i}"}) + "\n" for i in range(start, start + n))
+        )
+        return str(path)
+
+    train, val = rows("train.jsonl", 20, 0), rows("val.jsonl", 5, 100)
+    sizes = []
+    for n in (4, 7):
+        cfg = DataConfig(
+            name="local",
+            source="local",
+            builtin_task=None,
+            train_file=train,
+            val_file=val,
+            test_file=rows("test.jsonl", n, 200),
+            num_train=None,
+            num_val=None,
+        )
+        dm = LoraDataModule(cfg, tiny_tokenizer, cache_dir=tmp_path / "cache")
+        dm.setup()
+        sizes.append(len(dm.test_set))
+    assert sizes == [4, 7]

@@ -147,7 +147,7 @@ def test_resume_from_the_last_checkpoint_keeps_the_final_metrics(make_cfg, finis
 
 def test_resume_auto_in_the_same_run_dir(make_cfg):
     cfg = make_cfg("variant.r=4", "trainer.max_steps=3", "trainer.val_check_interval=3", run="auto")
-    train(cfg)
+    first, _ = train(cfg)
     cfg2 = make_cfg(
         "variant.r=4",
         "trainer.max_steps=6",
@@ -157,6 +157,9 @@ def test_resume_auto_in_the_same_run_dir(make_cfg):
     )
     summary, _ = train(cfg2)
     assert summary["global_step"] == 6
+    # forgetting's base measure is the first start's (read from the checkpoint), not the resumed weights'
+    assert summary["forgetting"]["forgetting/ce_before"] == first["forgetting"]["forgetting/ce_before"]
+    assert summary["forgetting"]["forgetting/ce_after"] != first["forgetting"]["forgetting/ce_after"]
     run_dir = Path(cfg2.paths.run_dir)
 
     def steps(name: str) -> set[int]:

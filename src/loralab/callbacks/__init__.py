@@ -1,6 +1,7 @@
 """Lightning callbacks: freezing, adapter checkpoints, guards, merge validation, the run summary."""
 
 from loralab.callbacks.adapter_checkpoint import AdapterCheckpoint, find_checkpoint
+from loralab.callbacks.forgetting import Forgetting
 from loralab.callbacks.freeze import Freeze, build_manifest, verify_frozen
 from loralab.callbacks.guards import NonFiniteGuard, StopOnSignal
 from loralab.callbacks.merge_check import MergeCheck, compare_logits
@@ -10,6 +11,7 @@ from loralab.callbacks.test_split import TestEvaluation
 
 __all__ = [
     "AdapterCheckpoint",
+    "Forgetting",
     "Freeze",
     "MergeCheck",
     "NonFiniteGuard",

@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 
 from loralab.callbacks.contributions import SummaryContributor
-from loralab.reporting.summary import peak_memory, write_summary
+from loralab.reporting.summary import forgetting_figures, peak_memory, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ def publish_to_wandb(trainer: pl.Trainer, summary: dict) -> None:
     figures = {f"final/{k}": summary[k] for k in SCALARS if isinstance(summary.get(k), (int, float))}
     figures.update({f"final/{k}": v for k, v in (summary.get("after") or {}).items()})
     figures.update({f"final/{k}": v for k, v in (summary.get("test") or {}).items()})
+    figures.update({f"final/{k}": v for k, v in forgetting_figures(summary).items()})
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.summary.update(figures)

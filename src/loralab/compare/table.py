@@ -12,6 +12,7 @@ from typing import Any
 
 from loralab.errors import LoralabError
 from loralab.reporting.run_meta import FORMAT_VERSION
+from loralab.reporting.summary import forgetting_figures
 from loralab.rundir import FINISHED, REPLACED, RunDir, RunFileError
 
 # (column, header) in table order; `metric` is the chosen metric's column
@@ -34,9 +35,21 @@ COLUMNS = (
 CONFIG_COLUMNS = ("variant", "r", "alpha", "targets")
 # overrides already shown by a column of their own
 SHOWN = {"variant", "variant.name", "variant.r", "variant.alpha", "variant.target_modules", "seed"}
-NUMERIC = ("trainable", "adapter_bytes", "peak_mb", "tokens_per_s", "val_loss", "metric", "test_metric", "merge_err")
+NUMERIC = (
+    "trainable",
+    "adapter_bytes",
+    "peak_mb",
+    "tokens_per_s",
+    "val_loss",
+    "metric",
+    "test_metric",
+    "forgetting",
+    "merge_err",
+)
 # the chosen metric on the held-out test split (runs with one), beside the val column it mirrors
 TEST_COLUMN = ("test_metric", "test_metric")
+# cross-entropy on general text after training minus before (runs that measured it)
+FORGETTING_COLUMN = ("forgetting", "forgetting (CE delta)")
 PREFERRED_METRICS = ("val/exact_match", "val/normalized_exact_match", "val/token_f1", "val/accuracy", "val/loss")
 # the statuses whose figures are compared (aggregated rows carry "n/m completed" and count only those)
 COMPARED = FINISHED
@@ -64,6 +77,7 @@ def _row(run: RunDir, label: str) -> dict[str, Any]:
             "error": f"the saved adapter is damaged: {problem}",
             "after": {},
             "test": {},
+            "forgetting": {},
         }
     source = run
     if summary.get("status") == "skipped" and summary.get("same_as"):
@@ -106,6 +120,7 @@ def _row(run: RunDir, label: str) -> dict[str, Any]:
         "tokens_per_s": summary.get("tokens_per_s"),
         "after": summary.get("after") or {},
         "test": summary.get("test") or {},
+        "forgetting": forgetting_figures(summary).get("forgetting/delta"),
         "val_loss": (summary.get("after") or {}).get("val/loss"),
         "merge_err": summary.get("merge_max_rel_err"),
         "config": cfg,
@@ -278,13 +293,12 @@ def test_metric(metric: str) -> str:
     return "test/" + metric.split("/", 1)[-1]
 
 
-def columns(extra: list[str], test: bool = False) -> list[tuple[str, str]]:
+def columns(extra: list[str], test: bool = False, forgetting: bool = False) -> list[tuple[str, str]]:
     """The table's (key, header) pairs: the fixed ones with `extra` keys after seed, and the test
-    split's figure after the metric when a run has one."""
+    split's figure and forgetting after the metric when a run has them."""
     cols = list(COLUMNS)
-    if test:
-        at = [k for k, _ in cols].index("metric") + 1
-        cols = cols[:at] + [TEST_COLUMN] + cols[at:]
+    at = [k for k, _ in cols].index("metric") + 1
+    cols = cols[:at] + [TEST_COLUMN] * test + [FORGETTING_COLUMN] * forgetting + cols[at:]
     at = [k for k, _ in cols].index("seed") + 1
     return cols[:at] + [(k, k) for k in extra] + cols[at:]
 
@@ -293,9 +307,14 @@ def has_test(rows: list[dict]) -> bool:
     return any(r.get("test_metric") is not None for r in rows)
 
 
+def optional_columns(rows: list[dict]) -> dict[str, bool]:
+    """The columns shown only when a run has them."""
+    return {"test": has_test(rows), "forgetting": any(r.get("forgetting") is not None for r in rows)}
+
+
 def table_rows(rows: list[dict], metric: str, extra: list[str] = ()) -> tuple[list[str], list[list[str]]]:
     """The table's headers and its rows' cells."""
-    cols = columns(list(extra), has_test(rows))
+    cols = columns(list(extra), **optional_columns(rows))
     names = {"metric": metric, "test_metric": f"{test_metric(metric)} (test split)"}
     headers = [names.get(key, header) for key, header in cols]
     aggregated = any("n" in r for r in rows)
@@ -317,7 +336,7 @@ def write_markdown(path: Path, headers: list[str], body: list[list[str]], title:
 
 
 def write_csv(path: Path, rows: list[dict], metric: str, extra: list[str] = ()) -> None:
-    keys = [k for k, _ in columns(list(extra), has_test(rows))]
+    keys = [k for k, _ in columns(list(extra), **optional_columns(rows))]
     stats = sorted({k for r in rows for k in r if k.endswith("_std") or k == "n"})
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)

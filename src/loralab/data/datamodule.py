@@ -316,9 +316,10 @@ class LoraDataModule(pl.LightningDataModule):
         fn = partial(_encode, tokenizer=self.tokenizer, cfg=self.cfg, task=self.task, label_ids=label_ids)
         kwargs: dict = {"remove_columns": ds.column_names, "desc": f"tokenizing {split}"}
         if self.cache_dir is not None:
+            # each split by its own rows: the test split is not a function of train and val (local files)
             settings = json.dumps(
                 [
-                    self.fingerprint,
+                    self.test_fingerprint if split == "test" else self.fingerprint,
                     split,
                     self._tokenizer_key,
                     FORMAT_CODE,
@@ -392,6 +393,54 @@ class LoraDataModule(pl.LightningDataModule):
         self.generation_set = self._generation_examples(val)
         if test is not None:  # the test split is scored whole
             self.test_generation_set = self._generation_examples(test, len(test))
+
+    def setup_test(self, labels: list[str] | None = None) -> None:
+        """The test split alone, read, checked and tokenized as setup() does it (loralab-eval on
+        other data: no training split is read). `labels`: the label set a classification head was
+        trained on."""
+        from datasets import load_dataset
+
+        cfg = self.cfg
+        if cfg.source == "builtin":
+            _, _, test = self._load_raw()
+        else:
+            where = self._where("test")
+            try:
+                if cfg.source == "local":
+                    check_local_file(cfg.test_file, cfg.label_column if self.format.labelled else None)
+                    kind = LOCAL_SUFFIXES[Path(cfg.test_file).suffix.lower()]
+                    test = load_dataset(kind, data_files={"test": cfg.test_file})["test"]
+                else:
+                    test = load_dataset(cfg.hub_id, cfg.hub_config, split=cfg.test_split)
+            except DataError:
+                raise
+            except Exception as exc:  # datasets raises many types; the user needs the first line
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise DataError(f"cannot read data from {where}: {first}") from exc
+            if len(test) == 0:
+                raise DataError(f"{where} is empty: add examples")
+            self._check_examples(test, "test", where)
+            if cfg.num_test:
+                test = test.select(range(min(cfg.num_test, len(test))))
+        self.test_fingerprint = fingerprint_rows(list(test))
+        label_ids = None
+        if self.format.labelled:
+            known = list(labels or [])
+            unknown = sorted({str(v) for v in test[cfg.label_column]} - set(known))
+            if unknown:
+                raise DataError(f"test labels {unknown[:5]} are not in the label set the run trained on {known}")
+            self.labels = known
+            label_ids = {name: i for i, name in enumerate(known)}
+        encoded = self._tokenize(test, "test", label_ids)
+        keep = encoded["keep"]
+        if not all(keep):
+            encoded = encoded.select([i for i, k in enumerate(keep) if k])
+        if len(encoded) == 0:
+            raise DataError(
+                "the test split is empty after formatting and truncation: check the data and data.max_length"
+            )
+        self.test_set = encoded
+        self.test_generation_set = self._generation_examples(test, len(test))
 
     def _generation_examples(self, raw: Any, limit: int | None = None) -> list[dict]:
         """Prompts and answers for exact match: the first data.generation_examples (or `limit`)."""

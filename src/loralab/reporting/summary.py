@@ -67,6 +67,12 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+def forgetting_figures(summary: dict) -> dict[str, float]:
+    """forgetting/ce_before, /ce_after and /delta from a summary (none where not measured)."""
+    found = summary.get("forgetting") or {}
+    return {k: v for k, v in found.items() if k.startswith("forgetting/") and isinstance(v, (int, float))}
+
+
 def print_summary(summary: dict) -> None:
     """The end-of-run table: parameters, before/after metrics, merge result, where things are."""
     from rich.console import Console
@@ -83,6 +89,13 @@ def print_summary(summary: dict) -> None:
     for key in sorted(set(before) | set(after)):
         cells = [_fmt(before.get(key)), _fmt(after.get(key))]
         table.add_row(key, *cells, *([_fmt(test.get("test/" + key.split("/", 1)[-1]))] if test else []))
+    forgetting = forgetting_figures(summary)
+    if forgetting:  # cross-entropy on general text: the base, then the final weights
+        table.add_row(
+            "forgetting (general-text CE)",
+            _fmt(forgetting["forgetting/ce_before"]),
+            f"{_fmt(forgetting['forgetting/ce_after'])} ({forgetting['forgetting/delta']:+.4f})",
+        )
     trainable, total = summary.get("trainable_params"), summary.get("total_params")
     if trainable is not None and total:
         table.add_row(

@@ -45,6 +45,7 @@ class Task:
     labelled: bool = False  # the model needs its label names (a classification head)
     encoder_decoder: bool | None = None  # what the model must be (None: either)
     token_loss: bool = True  # the loss is a mean over tokens (several processes weigh ranks by their tokens)
+    models_text: bool = False  # the model predicts tokens: forgetting is measured on general text
 
     @property
     def generates(self) -> bool:
@@ -125,6 +126,11 @@ class Task:
         """How many positions the loss averages over."""
         raise NotImplementedError
 
+    def probe_batch(self, blocks: torch.Tensor) -> dict:
+        """A batch whose loss is the model's cross-entropy on blocks of general text (equal-length
+        token ids), for forgetting (`models_text` tasks only)."""
+        raise NotImplementedError(f"the {self.name} task does not model text")
+
     def val_counts(self, out: Any, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(positions the loss averaged over, correct predictions) for the epoch's sums."""
         import torch
@@ -147,6 +153,8 @@ class Task:
         """The positions of `logits` that count (None: all)."""
         return batch["attention_mask"]
 
-    def generate(self, model: torch.nn.Module, prompts: list[list[int]], tokenizer: Any, config: Any) -> list[str]:
+    def generate(
+        self, model: torch.nn.Module, prompts: list[list[int]], tokenizer: Any, config: Any, streamer: Any = None
+    ) -> list[str]:
         """Greedy answers to token-id prompts, decoded without special tokens."""
         raise NotImplementedError

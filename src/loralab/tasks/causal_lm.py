@@ -95,6 +95,7 @@ class CausalLM(Task):
     formats = ("prompt_completion", "chat")
     metric = "exact_match"
     encoder_decoder = False
+    models_text = True
 
     def check_model(self, model: torch.nn.Module, name: str) -> None:
         check_causal(model, name)
@@ -107,7 +108,15 @@ class CausalLM(Task):
         # the model predicts position t+1 from t: labels shifted by one, IGNORE_INDEX ignored
         return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
 
-    def generate(self, model: torch.nn.Module, prompts: list[list[int]], tokenizer: Any, config: Any) -> list[str]:
+    def probe_batch(self, blocks: torch.Tensor) -> dict:
+        # every token predicted from the ones before it
+        import torch
+
+        return {"input_ids": blocks, "attention_mask": torch.ones_like(blocks), "labels": blocks}
+
+    def generate(
+        self, model: torch.nn.Module, prompts: list[list[int]], tokenizer: Any, config: Any, streamer: Any = None
+    ) -> list[str]:
         """Left-padded prompts; the answer is what follows them."""
         import torch
 
@@ -118,5 +127,7 @@ class CausalLM(Task):
         for i, p in enumerate(prompts):
             ids[i, width - len(p) :] = torch.tensor(p)
             mask[i, width - len(p) :] = 1
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+        out = model.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config, streamer=streamer
+        )
         return tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)

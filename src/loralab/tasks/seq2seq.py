@@ -20,6 +20,7 @@ class Seq2SeqLM(Task):
     formats = ("prompt_completion", "chat")
     metric = "exact_match"
     encoder_decoder = True
+    models_text = True
 
     def encode(self, tokenizer: Any, item: Item, max_length: int, label_ids: dict | None) -> dict:
         """Prompt and answer are truncated to max_length each (the encoder and the decoder each hold
@@ -79,6 +80,14 @@ class Seq2SeqLM(Task):
         # decoder position t predicts label t (the model shifts the labels into its input)
         return (batch["labels"] != IGNORE_INDEX).sum()
 
+    def probe_batch(self, blocks: torch.Tensor) -> dict:
+        # the encoder reads a block's first half, the decoder predicts the second
+        import torch
+
+        half = blocks.shape[1] // 2
+        first = blocks[:, :half]
+        return {"input_ids": first, "attention_mask": torch.ones_like(first), "labels": blocks[:, half:]}
+
     def importance_inputs(self, batch: dict) -> tuple[dict, list[torch.Tensor]]:
         """The encoder's and the decoder's token positions. When both are as long, the labels get one
         more ignored position (after the real ones: nothing before it changes), so that a layer's
@@ -104,7 +113,9 @@ class Seq2SeqLM(Task):
     def logit_mask(self, batch: dict) -> torch.Tensor | None:
         return (batch["labels"] != IGNORE_INDEX).long()
 
-    def generate(self, model: torch.nn.Module, prompts: list[list[int]], tokenizer: Any, config: Any) -> list[str]:
+    def generate(
+        self, model: torch.nn.Module, prompts: list[list[int]], tokenizer: Any, config: Any, streamer: Any = None
+    ) -> list[str]:
         """Right-padded prompts into the encoder; the answer is what the decoder writes."""
         batch = self.collate([{"input_ids": p, "labels": [0]} for p in prompts], tokenizer.pad_token_id)
         device = next(model.parameters()).device
@@ -112,5 +123,6 @@ class Seq2SeqLM(Task):
             input_ids=batch["input_ids"].to(device),
             attention_mask=batch["attention_mask"].to(device),
             generation_config=config,
+            streamer=streamer,
         )
         return tokenizer.batch_decode(out, skip_special_tokens=True)

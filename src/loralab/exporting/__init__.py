@@ -1,0 +1,1 @@
+"""Exporting a trained model to other formats (GGUF for llama.cpp and Ollama)."""
