@@ -54,6 +54,11 @@ class FinishedRun:
             hint = f" (it holds runs: {', '.join(inside)}; pass one of them)" if inside else ""
             raise RunUseError(f"{path} is not a loralab run directory: it has no summary.json or run_meta.json{hint}")
         status = (summary or {}).get("status")
+        if status == "skipped" and summary.get("same_as"):  # a sweep job that repeated a finished run
+            found = run.resolve_same_as(summary)
+            if found is None:
+                raise RunUseError(f"{path} was skipped as a repeat of {summary['same_as']}, which is gone")
+            return cls.open(found.path, command)
         if status != "completed":
             why = (summary or {}).get("error")
             said = "no summary.json: still running, or killed"
@@ -86,15 +91,16 @@ class FinishedRun:
         return instantiate(self.cfg.model)
 
     def task(self) -> Any:
-        """The task the run trained, as training chose it (from its data and model configs)."""
+        """The task the run trained: the one run_meta.json records, for the run's data format and
+        model (a config read; the data files are not needed)."""
         if getattr(self, "_task", None) is None:
-            from loralab.validation import validate_data
+            from loralab.tasks import choose_task
 
-            task = self.source().task_for(validate_data(self.cfg))
             recorded = (self.run.meta(lenient=True).get("data") or {}).get("task")
-            if recorded and recorded != task.name:
-                raise RunUseError(f"{self.path}: its config gives the task {task.name}, run_meta.json says {recorded}")
-            self._task = task
+            if not recorded:
+                raise RunUseError(f"{self.path}: run_meta.json does not say which task the run trained")
+            source = self.source()
+            self._task = choose_task(recorded, self.cfg.data.format, source.is_encoder_decoder(), source.name)
         return self._task
 
     def labels(self) -> list[str] | None:
@@ -108,13 +114,16 @@ class FinishedRun:
         if merged:
             if not (self.merged_dir / "config.json").is_file():
                 raise RunUseError(
-                    f"{self.path} has no merged model in merged/ (callbacks.merge_check.save_merged=false?): "
-                    "drop --merged to use the adapter, or write one with loralab-export RUN_DIR --to merged"
+                    f"{self.path} saved no merged model in merged/ (callbacks.merge_check.save_merged=false): "
+                    "drop --merged to use the base with adapter/"
                 )
             model = task.model_class().from_pretrained(self.merged_dir)
         else:
+            import torch
             from peft import PeftModel
 
+            # a base drawn at random from the run's seed (model.seed=null) is drawn as training drew it
+            torch.manual_seed(int(self.cfg.seed))
             base = source.load_model(task.name, self.labels())
             model = PeftModel.from_pretrained(base, str(self.run.adapter_dir))
         return model.to(device).eval(), tokenizer

@@ -32,12 +32,30 @@ def write_dir(target: str | Path, fill: Callable[[Path], None]) -> Path:
     tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    fill(tmp)
+    try:
+        fill(tmp)
+    except BaseException:  # a failed or interrupted fill leaves nothing behind, and the old target
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = None
     if target.exists():
         old = target.with_name(f".old-{target.name}-{os.getpid()}")
         os.rename(target, old)
     os.rename(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def move_into(source: str | Path, target: str | Path) -> Path:
+    """Rename the directory `source` to `target`, replacing what is there (set aside first, then
+    removed: at every moment one of them is complete at `target`, or the old one beside it)."""
+    source, target = Path(source), Path(target)
+    old = None
+    if target.exists():
+        old = target.with_name(f".old-{target.name}-{os.getpid()}")
+        os.rename(target, old)
+    os.rename(source, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return target

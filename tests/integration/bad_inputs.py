@@ -182,6 +182,14 @@ def _running(tmp: Path, runs: dict) -> None:
     (tmp / "a" / "summary.json").unlink()
 
 
+def _dir_with_a_file(name: str) -> Callable[[Path, dict], None]:
+    def write(tmp: Path, runs: dict) -> None:
+        (tmp / name).mkdir()
+        (tmp / name / "notes.txt").write_text("mine\n")
+
+    return write
+
+
 def _file(name: str) -> Callable[[Path, dict], None]:
     def write(tmp: Path, runs: dict) -> None:
         (tmp / name).write_text("not a directory\n")
@@ -1644,7 +1652,7 @@ CASES: list[Case] = [
         "using a run",
         E,
         ["{tmp}/a", "data=local"],
-        "loralab-eval: error: data=local needs data.test_file=... for loralab-eval: the file to evaluate on",
+        "loralab-eval: error: the local data has no data.test_file: pass data.test_file=... (the file to evaluate), or --split val",
         needs=["a"],
     ),
     Case(
@@ -1652,7 +1660,7 @@ CASES: list[Case] = [
         "using a run",
         E,
         ["{tmp}/a", "--merged"],
-        "loralab-eval: error: {tmp}/a has no merged model in merged/ (callbacks.merge_check.save_merged=false?): drop --merged to use the adapter, or write one with loralab-export RUN_DIR --to merged",
+        "loralab-eval: error: {tmp}/a saved no merged model in merged/ (callbacks.merge_check.save_merged=false): drop --merged to use the base with adapter/",
         setup=_no_merged,
         needs=["a"],
     ),
@@ -1739,11 +1747,20 @@ CASES: list[Case] = [
         needs=["a"],
     ),
     Case(
-        "export into a directory that is not an export",
+        "export --out inside the run directory",
         "using a run",
         X,
         ["{tmp}/a", "--to", "merged", "--out", "{tmp}/a/adapter"],
-        "loralab-export: error: {tmp}/a/adapter exists and is not a loralab export: pass --out with a new directory",
+        "loralab-export: error: --out {tmp}/a/adapter is inside the run directory: exports go under {tmp}/a/export/ or outside the run",
+        needs=["a"],
+    ),
+    Case(
+        "export into a directory that is not an export",
+        "using a run",
+        X,
+        ["{tmp}/a", "--to", "merged", "--out", "{tmp}/mine"],
+        "loralab-export: error: {tmp}/mine exists and is not a loralab export: pass --out with a new directory",
+        setup=_dir_with_a_file("mine"),
         needs=["a"],
     ),
 ]

@@ -201,23 +201,54 @@ def _prompt() -> str:
     return generate("dates", 1, 1, seed=123)[1][0]["prompt"]
 
 
-def test_one_prompt_is_answered_as_evaluation_answers_it(wb_run):
-    """The streamed answer is the greedy answer loralab's evaluation gives the same prompt."""
-    from loralab.evaluation import greedy_answers
+def _test_row(run_dir: Path, cfg) -> tuple[str, str]:
+    """(the first test prompt's text, the answer loralab-eval generated for it): what the run's
+    test split holds, drawn again from its data config, and eval's greedy answer."""
+    from loralab.commands.eval import evaluate_run
+    from loralab.data.builtin import generate
 
-    run_dir, _, _ = wb_run
+    d = cfg.data
+    prompt = generate(d.builtin_task, d.num_train, d.num_val, d.seed, d.num_test)[2][0]["prompt"]
+    evaluate_run(run_dir, name="first", progress=False)
+    first = json.loads((run_dir / "eval/first/generations.jsonl").read_text().splitlines()[0])
+    assert (
+        first["reference"] == generate(d.builtin_task, d.num_train, d.num_val, d.seed, d.num_test)[2][0]["completion"]
+    )
+    return prompt, first["output"]
+
+
+def test_one_prompt_is_answered_as_evaluation_answers_it(wb_run):
+    """The streamed answer to a test prompt typed as text is the answer loralab-eval generated for
+    that test row (formatted by the data pipeline)."""
+    run_dir, cfg, _ = wb_run
+    prompt, expected = _test_row(run_dir, cfg)
     env = {**os.environ, "WANDB_MODE": "offline"}
     proc = subprocess.run(
-        [sys.executable, "-m", "loralab.commands.generate", str(run_dir), _prompt(), "--max-new-tokens", "16"],
+        [sys.executable, "-m", "loralab.commands.generate", str(run_dir), prompt, "--max-new-tokens", "16"],
         capture_output=True,
         text=True,
         env=env,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    gen = _generator(run_dir)
-    expected = greedy_answers(gen.model, gen.task, gen.tokenizer, [gen.prompt_ids(_prompt())], 16, 1)[0]
     assert expected and proc.stdout.strip() == expected
+
+
+def test_a_seq2seq_run_is_prompted_as_it_was_trained(tmp_path):
+    """T5 read plain prompts in training (no chat template for prompt_completion data): generate
+    answers a typed test prompt as eval answered that row, and keeps no history."""
+    from loralab.train import train
+
+    cfg = compose_config(
+        ["model=tiny_t5", "debug=fast", "logger=csv", "~callbacks.progress", "trainer.max_steps=30"],
+        tmp_path / "t5",
+        tmp_path / "cache",
+    )
+    train(cfg)
+    prompt, expected = _test_row(tmp_path / "t5", cfg)
+    gen = _generator(tmp_path / "t5")
+    assert not gen.keeps_history and expected
+    assert gen.answer(prompt) == expected and gen.history == []
 
 
 def test_a_chat_keeps_its_history_until_reset(wb_run):
@@ -261,9 +292,8 @@ def test_a_scripted_chat_through_a_pseudo_terminal(wb_run):
     with the greedy answer, /reset, /quit, exit 0."""
     import pty
 
-    run_dir = wb_run[0]
-    gen = _generator(run_dir)
-    expected = gen.answer(_prompt())
+    run_dir, cfg, _ = wb_run
+    prompt, expected = _test_row(run_dir, cfg)
     master, slave = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "loralab.commands.generate", str(run_dir), "--max-new-tokens", "16"],
@@ -276,7 +306,7 @@ def test_a_scripted_chat_through_a_pseudo_terminal(wb_run):
     try:
         greeting = _read_until(master, b"> ")
         assert b"history kept" in greeting and b"/reset" in greeting
-        os.write(master, _prompt().encode() + b"\n")
+        os.write(master, prompt.encode() + b"\n")
         answer = _read_until(master, b"> ").decode().replace("\r\n", "\n")
         assert f"\n{expected}\n" in answer
         os.write(master, b"/reset\n")

@@ -189,3 +189,20 @@ def test_a_key_added_at_its_neutral_value_leaves_the_config_hash_as_it_was(tmp_p
     with open_dict(cfg):
         cfg.data.task = "causal_lm"
     assert config_hash(cfg) != config_hash(before)
+
+
+def test_forgetting_at_its_default_leaves_the_config_hash_as_it_was(tmp_path):
+    """callbacks.forgetting arrived after runs were recorded and changes nothing they computed: at its
+    default the hash is theirs (a relaunched sweep keeps its finished jobs); another probe is not."""
+    from omegaconf import OmegaConf, open_dict
+
+    from loralab.reporting.run_meta import config_hash
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["model=tiny"], tmp_path / "run")
+    before = OmegaConf.to_container(cfg, resolve=True)
+    del before["callbacks"]["forgetting"]
+    assert config_hash(cfg) == config_hash(before)
+    with open_dict(cfg):
+        cfg.callbacks.forgetting.block_tokens = 128
+    assert config_hash(cfg) != config_hash(before)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -85,9 +86,12 @@ def eval_data(cfg: Any, split: str) -> Any:
     from loralab.validation import validate_data
 
     data = cfg.data
-    if split == "test" and data.get("source") == "local" and not data.get("train_file"):
+    if split == "test" and data.get("source") == "local":
+        # only the test file is read (the run's training files may be gone, or on another machine)
         if not data.get("test_file"):
-            raise ConfigError("data=local needs data.test_file=... for loralab-eval: the file to evaluate on")
+            raise ConfigError(
+                "the local data has no data.test_file: pass data.test_file=... (the file to evaluate), or --split val"
+            )
         checked = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
         checked.data.train_file, checked.data.test_file, checked.data.val_file = data.test_file, None, None
         typed = validate_data(checked)
@@ -96,12 +100,17 @@ def eval_data(cfg: Any, split: str) -> Any:
     return validate_data(cfg)
 
 
-def default_name(split: str, overrides: list[str]) -> str:
-    """`test`, `val`, or the split with the data overrides, made safe as a directory name."""
+def default_name(split: str, overrides: list[str], merged: bool = False) -> str:
+    """`test`, `val` (`-merged` for merged/), or that with the data overrides, made safe as a
+    directory name and told apart by a hash of the whole overrides (two files of one name)."""
+    name = split + ("-merged" if merged else "")
     if not overrides:
-        return split
-    text = split + "-" + "-".join(o.split("/")[-1] for o in overrides)
-    return re.sub(r"[^A-Za-z0-9_.=,-]+", "_", text)[:100]
+        return name
+    import hashlib
+
+    digest = hashlib.sha256("\0".join(overrides).encode()).hexdigest()[:8]
+    text = "-".join(o.split("/")[-1] for o in overrides)
+    return f"{name}-{re.sub(r'[^A-Za-z0-9_.=,-]+', '_', text)[:80]}-{digest}"
 
 
 def evaluate_run(
@@ -143,7 +152,7 @@ def evaluate_run(
             f"the run trained a {task.name} model, which cannot read data.format={data_cfg.format} (it reads "
             f"{', '.join(task.formats)}): evaluate it on data of that format"
         )
-    out_dir = run.path / EVAL_DIR / (name or default_name(split, overrides))
+    out_dir = run.path / EVAL_DIR / (name or default_name(split, overrides, merged))
     if merged and not (run.merged_dir / "config.json").is_file():
         run.load(merged=True)  # refuses with the fix, before the data is read
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -222,9 +231,13 @@ def evaluate_run(
                     }
                 )
         figures = split_figures(sums, split, task)
+    step = run.summary.get("global_step")
     result = {
         "run_dir": str(run.path),
         "evaluated": "merged/" if merged else "base + adapter/",
+        # adapter/ and merged/ hold the final step; the run's own test figures are its best checkpoint's
+        "step": step,
+        "run_test_step": run.summary.get("test_step"),
         "split": split,
         "examples": len(dataset),
         "generated": len(records) if task.generates else 0,
@@ -244,7 +257,13 @@ def evaluate_run(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / "generations.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    result["wandb"] = publish(run, out_dir, out_dir.name, figures)
+    write_text(out_dir / "eval.json", json.dumps(result, indent=2) + "\n")
+    try:
+        result["wandb"] = publish(run, out_dir, out_dir.name, figures)
+    except Exception as exc:  # noqa: BLE001 (W&B's own errors: the evaluation is written already)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        result["wandb"] = {"error": first}
+        print(f"loralab-eval: warning: the figures did not reach W&B ({first}); they are in eval.json", file=sys.stderr)
     write_text(out_dir / "eval.json", json.dumps(result, indent=2) + "\n")
     return result
 
@@ -270,6 +289,7 @@ def publish(run: FinishedRun, out_dir: Path, name: str, figures: dict) -> dict |
     with wandb.init(
         id=run_id,
         project=node.get("project"),
+        entity=node.get("entity"),
         dir=str(out_dir),
         resume="allow",
         mode=mode,
@@ -306,7 +326,13 @@ def main(argv: list[str] | None = None) -> None:
         )
         shown = ", ".join(f"{k} {v:.4g}" for k, v in result["figures"].items() if not k.endswith("/ppl"))
         print(f"{result['split']} ({result['examples']} examples, {result['evaluated']}): {shown}")
-        print(f"wrote {Path(args.run_dir) / EVAL_DIR / (args.name or default_name(args.split, args.overrides))}")
+        if result["run_test_step"] not in (None, result["step"]) and args.split == "test":
+            print(
+                f"note: the run's own test figures are its best checkpoint's (step {result['run_test_step']}); "
+                f"this evaluated the final weights (step {result['step']})"
+            )
+        name = args.name or default_name(args.split, args.overrides, args.merged)
+        print(f"wrote {Path(args.run_dir) / EVAL_DIR / name}")
         return 0
 
     run_command("loralab-eval", body, args.verbose)

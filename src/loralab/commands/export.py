@@ -69,6 +69,8 @@ def probe(task: Any, tokenizer: Any, model: Any) -> dict:
     blocks = torch.tensor(probe_blocks(tokenizer, text, block_length(model, PROBE_TOKENS))[:PROBE_BLOCKS])
     if task.models_text:
         return task.probe_batch(blocks)
+    if tokenizer.eos_token_id is not None:  # a classification head may read the end token's state
+        blocks[:, -1] = tokenizer.eos_token_id
     return {"input_ids": blocks, "attention_mask": torch.ones_like(blocks)}
 
 
@@ -96,6 +98,20 @@ def logit_check(task: Any, ref_model: Any, exported: Any, batch: dict, dtype: st
     }
 
 
+def check_out(out_dir: Path, run_dir: Path) -> None:
+    """Refuse an output directory that would replace the run, or write into it elsewhere than
+    export/, or replace a directory that is not an earlier export."""
+    target, run = out_dir.resolve(), run_dir.resolve()
+    if target == run or target in run.parents:
+        raise RunUseError(f"--out {out_dir} would replace the run directory: pass a directory of its own")
+    if run in target.parents and (run / EXPORT_DIR) not in [target, *target.parents]:
+        raise RunUseError(
+            f"--out {out_dir} is inside the run directory: exports go under {run_dir / EXPORT_DIR}/ or outside the run"
+        )
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / REPORT).is_file())):
+        raise RunUseError(f"{out_dir} exists and is not a loralab export: pass --out with a new directory")
+
+
 def export_run(
     run_dir: str | Path, to: str = "merged", dtype: str = "f16", out: str | Path | None = None
 ) -> tuple[dict, Path]:
@@ -113,11 +129,16 @@ def export_run(
             )
         check_exportable(config)
         check_dtype(dtype)
+        from loralab.exporting.gguf_file import check_tokenizer
+
+        check_tokenizer(run.source().load_tokenizer(), config.vocab_size)  # before the weights load
+    if getattr(config, "quantization_config", None) and not (run.merged_dir / "config.json").is_file():
+        raise RunUseError(
+            f"{run.path} has a k-bit base and saved no merged/: loralab-export merges into a full-precision base; "
+            "rerun it with callbacks.merge_check.save_merged=true"
+        )
     out_dir = Path(out) if out else run.path / EXPORT_DIR / f"{to}-{dtype}"
-    if out_dir.exists() and not (out_dir / REPORT).is_file() and any(out_dir.iterdir()):
-        raise RunUseError(f"{out_dir} exists and is not a loralab export: pass --out with a new directory")
-    if out_dir.resolve() == run.path.resolve() or out_dir.resolve() in run.path.resolve().parents:
-        raise RunUseError(f"--out {out_dir} would replace the run directory: pass a directory of its own")
+    check_out(out_dir, run.path)
 
     import torch
 
@@ -163,10 +184,13 @@ def export_run(
         report["versions"] = package_versions()
         (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")
 
-    from loralab.io import write_dir
+    from loralab.io import move_into, write_dir
 
-    write_dir(out_dir, fill)
-    return report, out_dir
+    # a passing export replaces an earlier one; a failing one is kept beside it, for inspection
+    staged = write_dir(out_dir.with_name(f".staged-{out_dir.name}"), fill)
+    final = out_dir if report["passed"] else out_dir.with_name(out_dir.name + ".failed")
+    move_into(staged, final)
+    return report, final
 
 
 def tokenizer_check(ours: Any, back: Any) -> dict:

@@ -27,15 +27,17 @@ class Generator:
     """A run's model, tokenizer and sampling settings; answers prompts in a conversation."""
 
     def __init__(self, run: FinishedRun, model: Any, tokenizer: Any, settings: dict, max_length: int) -> None:
+        from loralab.data.formats import FORMATS
+
         self.run, self.model, self.tokenizer = run, model, tokenizer
         self.task = run.task()
         self.settings = settings
         self.max_length = max_length
         self.history: list[dict] = []
-
-    @property
-    def keeps_history(self) -> bool:
-        return bool(self.tokenizer.chat_template)
+        conversational = FORMATS[run.cfg.data.format].conversational
+        # turns as the run's training formatted prompts: chat data, or plain prompts the task puts
+        # through the chat template; otherwise each prompt alone, as the raw text training read
+        self.keeps_history = bool(tokenizer.chat_template) and (conversational or self.task.templates_prompts)
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """The prompt as training encoded prompts; with a chat template, after the history."""
@@ -75,7 +77,8 @@ class Generator:
                 stream.flush(),
             )
         text = self.task.generate(self.model, [self.prompt_ids(prompt)], tok, config, streamer=streamer)[0].strip()
-        self.history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}]
+        if self.keeps_history:
+            self.history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}]
         return text
 
 
@@ -103,13 +106,17 @@ def chat(gen: Generator, stdin: Any = sys.stdin, stdout: Any = sys.stdout) -> No
     """Read prompts until /quit or end of input; answer each, streamed."""
     interactive = stdin.isatty()
     if interactive:
-        kept = "history kept" if gen.keeps_history else "each prompt answered alone (no chat template)"
+        kept = "history kept" if gen.keeps_history else "each prompt answered alone, as plain text, as training read prompts"
         stdout.write(f"chatting with {gen.run.path} ({kept}); {HELP}\n")
     while True:
         if interactive:
             stdout.write("> ")
             stdout.flush()
-        line = stdin.readline()
+        try:
+            line = stdin.readline()
+        except KeyboardInterrupt:  # Ctrl-C at the prompt ends the chat
+            stdout.write("\n")
+            break
         if not line:  # Ctrl-D, end of input
             break
         prompt = line.strip()
@@ -124,7 +131,10 @@ def chat(gen: Generator, stdin: Any = sys.stdin, stdout: Any = sys.stdout) -> No
         if prompt.startswith("/"):
             stdout.write(f"unknown command {prompt.split()[0]}: {HELP}\n")
             continue
-        gen.answer(prompt, stream=stdout)
+        try:
+            gen.answer(prompt, stream=stdout)
+        except KeyboardInterrupt:  # Ctrl-C stops this answer, not the chat; the turn is not kept
+            stdout.write("\n(answer stopped)\n")
         stdout.flush()
 
 

@@ -12,7 +12,9 @@ from typing import Any
 from omegaconf import open_dict
 
 # the keys that name files or directories a run reads
-PATH_KEYS = ("data.train_file", "data.val_file", "ckpt_path")
+PATH_KEYS = ("data.train_file", "data.val_file", "data.test_file", "ckpt_path")
+# keys that hold a shipped resource's name or a file's path: made absolute when they look like a path
+NAME_OR_PATH_KEYS = ("callbacks.forgetting.probe",)
 
 
 # conf/ beside src/ (the package is installed editable from the repository)
@@ -33,13 +35,17 @@ def is_local_model(name: str, base: str | Path | None = None) -> bool:
 
 
 def resolve_paths(cfg: Any, base: str | Path | None = None) -> None:
-    """Make the data files, ckpt_path and a local model.name_or_path absolute, in place."""
+    """Make the data files, ckpt_path, a probe file and a local model.name_or_path absolute, in place."""
     from omegaconf import OmegaConf
 
     with open_dict(cfg):
         for key in PATH_KEYS:
             value = OmegaConf.select(cfg, key, default=None)
             if isinstance(value, str) and value:
+                OmegaConf.update(cfg, key, absolute(value, base), merge=False)
+        for key in NAME_OR_PATH_KEYS:
+            value = OmegaConf.select(cfg, key, default=None)
+            if isinstance(value, str) and any(c in value for c in "/.~"):  # a bare name is a shipped one
                 OmegaConf.update(cfg, key, absolute(value, base), merge=False)
         model = cfg.get("model")
         name = model.get("name_or_path") if model is not None else None

@@ -18,6 +18,7 @@ class Format:
 
     name: str = ""
     labelled: bool = False  # a label column: classification
+    conversational: bool = False  # rows are chat turns (a prompt typed by a user reads as one)
 
     def kinds(self, cfg: Any) -> dict[str, str]:
         """Each column the format reads and the kind of value it holds (text, chat, label)."""
@@ -49,6 +50,7 @@ class PromptCompletion(Format):
 
 class Chat(Format):
     name = "chat"
+    conversational = True
 
     def kinds(self, cfg: Any) -> dict[str, str]:
         return {cfg.messages_column: "chat"}

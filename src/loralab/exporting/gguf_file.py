@@ -123,6 +123,11 @@ def check_exportable(config: Any) -> None:
         raise ConfigError(f"this {model_type} model cannot be exported to GGUF: {'; '.join(problems)}: {OTHER_FORMAT}")
 
 
+def check_tokenizer(tokenizer: Any, vocab_size: int) -> None:
+    """Raise ConfigError for a tokenizer this writer does not reproduce (before any weights load)."""
+    _vocabulary(tokenizer, vocab_size)
+
+
 def write_gguf(model: Any, tokenizer: Any, path: str | Path, dtype: str = "f16", name: str | None = None) -> dict:
     """Write `model` (a transformers LlamaForCausalLM, merged, any dtype) and its fast tokenizer into
     the GGUF file `path`, atomically (`path.tmp`, then renamed). Returns facts about the file."""

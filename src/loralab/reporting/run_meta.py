@@ -110,6 +110,13 @@ NEUTRAL = {
     ("data", "test_file"): None,
     ("data", "test_split"): None,
     ("callbacks", "test_split"): {"_target_": "loralab.callbacks.TestEvaluation", "checkpoint": "best"},
+    # forgetting is measured in eval mode and draws no random number: training is the same
+    ("callbacks", "forgetting"): {
+        "_target_": "loralab.callbacks.Forgetting",
+        "probe": "general_text",
+        "block_tokens": 256,
+        "batch_size": 8,
+    },
 }
 
 

@@ -46,6 +46,8 @@ class Task:
     encoder_decoder: bool | None = None  # what the model must be (None: either)
     token_loss: bool = True  # the loss is a mean over tokens (several processes weigh ranks by their tokens)
     models_text: bool = False  # the model predicts tokens: forgetting is measured on general text
+    # a plain prompt goes through the tokenizer's chat template, as the user's turn, when it has one
+    templates_prompts: bool = False
 
     @property
     def generates(self) -> bool:

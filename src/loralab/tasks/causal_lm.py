@@ -96,6 +96,7 @@ class CausalLM(Task):
     metric = "exact_match"
     encoder_decoder = False
     models_text = True
+    templates_prompts = True
 
     def check_model(self, model: torch.nn.Module, name: str) -> None:
         check_causal(model, name)

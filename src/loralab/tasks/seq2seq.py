@@ -85,8 +85,8 @@ class Seq2SeqLM(Task):
         import torch
 
         half = blocks.shape[1] // 2
-        first = blocks[:, :half]
-        return {"input_ids": first, "attention_mask": torch.ones_like(first), "labels": blocks[:, half:]}
+        first, second = blocks[:, :half].contiguous(), blocks[:, half:].contiguous()
+        return {"input_ids": first, "attention_mask": torch.ones_like(first), "labels": second}
 
     def importance_inputs(self, batch: dict) -> tuple[dict, list[torch.Tensor]]:
         """The encoder's and the decoder's token positions. When both are as long, the labels get one
