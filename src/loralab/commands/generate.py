@@ -106,7 +106,7 @@ def chat(gen: Generator, stdin: Any = sys.stdin, stdout: Any = sys.stdout) -> No
     """Read prompts until /quit or end of input; answer each, streamed."""
     interactive = stdin.isatty()
     if interactive:
-        kept = "history kept" if gen.keeps_history else "each prompt answered alone, as plain text, as training read prompts"
+        kept = "history kept" if gen.keeps_history else "each prompt answered alone, as training read prompts"
         stdout.write(f"chatting with {gen.run.path} ({kept}); {HELP}\n")
     while True:
         if interactive:
