@@ -1547,6 +1547,38 @@ CASES: list[Case] = [
         setup=_file("afile"),
         needs=["a"],
     ),
+    Case(
+        "compare on a cost axis loralab does not measure",
+        "compare",
+        C,
+        ["{tmp}/a", "--cost", "speed"],
+        "loralab-compare: error: --cost 'speed': choose one of ['params', 'memory', 'time', 'bytes']",
+        needs=["a"],
+    ),
+    Case(
+        "compare against a baseline no run has",
+        "compare",
+        C,
+        ["{tmp}/a", "{tmp}/b", "--baseline", "qlora"],
+        "loralab-compare: error: --baseline 'qlora' matches no row: name one config, e.g. --baseline variant=lora,r=8",
+        needs=["a", "b"],
+    ),
+    Case(
+        "compare against a baseline several configs match",
+        "compare",
+        C,
+        ["{tmp}/a", "{tmp}/b", "--baseline", "lora"],
+        "loralab-compare: error: --baseline 'lora' matches 2 rows (a; b): name one config, e.g. --baseline variant=lora,r=8",
+        needs=["a", "b"],
+    ),
+    Case(
+        "compare against a malformed baseline",
+        "compare",
+        C,
+        ["{tmp}/a", "{tmp}/b", "--baseline", "variant=lora,r"],
+        "loralab-compare: error: --baseline 'variant=lora,r': name a variant (lora) or key=value pairs (variant=lora,r=8)",
+        needs=["a", "b"],
+    ),
     # ---- loralab-eval, loralab-generate, loralab-export: a finished run and what they are asked ----
     Case(
         "eval of a missing directory",

@@ -88,6 +88,9 @@ def test_forgetting_goes_to_wandb_the_metrics_file_and_compare(wb_run, tmp_path)
     run_dir, _, summary = wb_run
     wb = run_facts(run_dir)["summary"]
     assert wb["final/forgetting/delta"] == pytest.approx(summary["forgetting"]["forgetting/delta"])
+    # the cost figures beside it (issue 19): training time and the per-step memory peaks
+    assert wb["final/train_seconds"] == pytest.approx(summary["train_seconds"])
+    assert wb["final/memory/rss_mb/p99"] == pytest.approx(summary["memory"]["rss_mb"]["p99"])
     assert "forgetting/delta" in (run_dir / "metrics.csv").read_text().splitlines()[0]
     compare([str(run_dir)], out=tmp_path, plots=False, echo=False)
     table = (tmp_path / "compare.md").read_text()

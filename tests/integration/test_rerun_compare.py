@@ -197,3 +197,25 @@ def test_rerun_from_another_directory_finds_relative_data(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "verify passed" in proc.stdout
+
+
+@pytest.mark.parametrize("cost", ["params", "memory", "time", "bytes"])
+def test_compare_marks_the_pareto_front_on_each_cost_axis(runs, tmp_path, cost):
+    """The front column holds the runs no other run beats on the metric and the cost at once,
+    checked here pair by pair from the figures the CSV reports; the plot of the front is written."""
+    from loralab.compare import compare
+    from loralab.compare.pareto import COSTS
+    from tests.unit.test_pareto import brute_force
+
+    result = compare([str(runs["a"]), str(runs["b"])], out=tmp_path, echo=False, cost=cost)
+    key = COSTS[cost][0]
+    rows = list(csv.DictReader((tmp_path / "compare.csv").open()))
+    metric = result["metric"]
+    assert f"front ({cost})" in (tmp_path / "compare.md").read_text()
+    figures = [
+        {"status": r["status"], key: float(r[key]), "metric": float(r[metric])} for r in rows if r[key] and r[metric]
+    ]
+    assert len(figures) == 2
+    expected = brute_force(figures, key, higher=True)
+    assert {i for i, r in enumerate(rows) if r["pareto"]} == expected
+    assert (tmp_path / f"compare_front_{metric.replace('/', '_')}_vs_{cost}.png").stat().st_size > 1000

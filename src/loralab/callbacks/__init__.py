@@ -4,6 +4,7 @@ from loralab.callbacks.adapter_checkpoint import AdapterCheckpoint, find_checkpo
 from loralab.callbacks.forgetting import Forgetting
 from loralab.callbacks.freeze import Freeze, build_manifest, verify_frozen
 from loralab.callbacks.guards import NonFiniteGuard, StopOnSignal
+from loralab.callbacks.memory import MemoryProfile
 from loralab.callbacks.merge_check import MergeCheck, compare_logits
 from loralab.callbacks.progress import ProgressBar
 from loralab.callbacks.run_summary import RunSummary
@@ -13,6 +14,7 @@ __all__ = [
     "AdapterCheckpoint",
     "Forgetting",
     "Freeze",
+    "MemoryProfile",
     "MergeCheck",
     "NonFiniteGuard",
     "ProgressBar",

@@ -21,6 +21,7 @@ SCALARS = (
     "peak_gpu_mb",
     "merge_max_rel_err",
     "final_train_loss",
+    "train_seconds",
     "wall_time_s",
 )
 
@@ -34,6 +35,9 @@ def publish_to_wandb(trainer: pl.Trainer, summary: dict) -> None:
     figures.update({f"final/{k}": v for k, v in (summary.get("after") or {}).items()})
     figures.update({f"final/{k}": v for k, v in (summary.get("test") or {}).items()})
     figures.update({f"final/{k}": v for k, v in forgetting_figures(summary).items()})
+    for kind, stats in (summary.get("memory") or {}).items():  # final/memory/rss_mb/p99, ...
+        if isinstance(stats, dict):
+            figures.update({f"final/memory/{kind}/{k}": v for k, v in stats.items()})
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.summary.update(figures)
@@ -99,6 +103,7 @@ class RunSummary(pl.Callback):
                 fields.update(cb.summary_fields())
         train_loss = trainer.callback_metrics.get("train/loss")
         return {
+            **peak_memory(),  # a callback that resets the peaks per step (MemoryProfile) gives the run's own
             "status": status,
             "error": error,
             "global_step": trainer.global_step,
@@ -111,7 +116,6 @@ class RunSummary(pl.Callback):
             "tokens_per_s": pl_module.tokens_seen / pl_module.train_seconds if pl_module.train_seconds else None,
             "train_tokens": pl_module.tokens_seen,
             "train_seconds": pl_module.train_seconds,
-            **peak_memory(),
             "wall_time_s": time.time() - self.started,
             "run_dir": str(self.run_dir),
         }

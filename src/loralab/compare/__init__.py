@@ -15,8 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from loralab.compare.pareto import COSTS, front, higher_is_better, points
 from loralab.compare.plots import plot
 from loralab.compare.table import (
+    COLUMNS,
     CompareError,
     aggregate,
     apply_filters,
@@ -24,6 +26,8 @@ from loralab.compare.table import (
     group_key,
     labels,
     load_run,
+    lookup,
+    same_value,
     table_rows,
     test_metric,
     varied_overrides,
@@ -64,8 +68,12 @@ def compare(
     out: str | Path | None = None,
     plots: bool = True,
     echo: bool = True,
+    cost: str = "params",
+    baseline: str | None = None,
 ) -> dict:
     """Build the comparison; print it; write compare.md, compare.csv and the plots into `out`."""
+    if cost not in COSTS:
+        raise CompareError(f"--cost {cost!r}: choose one of {list(COSTS)}")
     out_dir = _out_dir(out, paths)
     run_dirs = find_runs(paths)
     runs = [load_run(d, label) for d, label in zip(run_dirs, labels(run_dirs), strict=True)]
@@ -76,6 +84,8 @@ def compare(
         # the same metric on the held-out test split, where the run has one (never used to choose)
         run["test_metric"] = run["test"].get(test_metric(metric))
     extra = varied_overrides(runs)
+    shown = {k for k, _ in COLUMNS}
+    extra += [k for k in group_by or [] if k not in shown and k not in extra]  # what a group is, as columns
     seeds_per_group: dict[tuple, set] = {}
     for run in runs:
         seeds_per_group.setdefault(group_key(run, group_by), set()).add(run["seed"])
@@ -85,7 +95,19 @@ def compare(
         aggregate_seeds == "auto" and any(len(s) > 1 for s in seeds_per_group.values())
     )
     rows = aggregate(runs, group_by) if do_aggregate else runs
-    headers, body = table_rows(rows, metric, extra)
+    cost_key = COSTS[cost][0]
+    on_front = front(rows, cost_key, higher_is_better(metric))
+    for i, row in enumerate(rows):  # one point per config: the aggregated row where seeds were
+        row["pareto"] = "✓" if i in on_front else ""
+    notes = add_statistics(rows, metric, baseline, do_aggregate)
+    headers, body = table_rows(
+        rows,
+        metric,
+        extra,
+        front_cost=cost if len(points(rows, cost_key)) > 1 else None,
+        baseline=baseline,
+        intervals=do_aggregate,
+    )
     by = ", ".join(group_by) if group_by else "config (all but the seed)"
     title = f"loralab comparison: {len(runs)} runs" + (f", mean ± std over seeds by {by}" if do_aggregate else "")
     if echo:
@@ -98,15 +120,60 @@ def compare(
         for cells in body:
             table.add_row(*cells)
         Console(width=200).print(table)
+        for note in notes:
+            print(note)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "compare.md", out_dir / "compare.csv"]
-    write_markdown(written[0], headers, body, title)
+    write_markdown(written[0], headers, body, title, notes)
     write_csv(written[1], rows, metric, extra)
     if plots:
-        written += plot(rows, runs, metric, out_dir, extra)
+        written += plot(rows, runs, metric, out_dir, extra, cost=cost)
     if echo:
         print("written: " + ", ".join(str(p) for p in written))
     return {"metric": metric, "rows": rows, "runs": runs, "files": written, "aggregated": do_aggregate}
+
+
+def find_baseline(rows: list[dict], baseline: str) -> int:
+    """The index of the one row `baseline` names: a variant, or key=value pairs (comma-separated)."""
+    pairs = [p.partition("=") for p in baseline.split(",")] if "=" in baseline else [("variant", "=", baseline)]
+    if any(not key or not sep for key, sep, _ in pairs):
+        raise CompareError(f"--baseline {baseline!r}: name a variant (lora) or key=value pairs (variant=lora,r=8)")
+    found = [i for i, row in enumerate(rows) if all(same_value(lookup(row, k), v) for k, _, v in pairs)]
+    if len(found) != 1:
+        shown = "; ".join(str(rows[i]["run"]) for i in found[:3])
+        what = f"{len(found)} rows ({shown})" if found else "no row"
+        raise CompareError(
+            f"--baseline {baseline!r} matches {what}: name one config, e.g. "
+            f"--baseline variant={lookup(rows[0], 'variant')},r={lookup(rows[0], 'r')}"
+        )
+    return found[0]
+
+
+def add_statistics(rows: list[dict], metric: str, baseline: str | None, aggregated: bool) -> list[str]:
+    """The 95% interval of each config's metric and, with a baseline, each row's difference and
+    verdict (loralab.compare.stats); returns the notes printed under the table."""
+    from loralab.compare.stats import interval, verdicts
+
+    notes = []
+    for row in rows:
+        ci = interval(list((row.get("samples") or {}).values())) if aggregated else None
+        row["ci"] = f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "-"
+    if baseline is None:
+        return notes
+    base = find_baseline(rows, baseline)
+    verdicts(rows, base, higher_is_better(metric))
+    for row in rows:
+        if "delta" in row:
+            row["delta_text"] = f"{row['delta']:+.4g} [{row['delta_lo']:+.4g}, {row['delta_hi']:+.4g}]"
+        text = row.get("verdict", "")
+        if row.get("seeds_needed"):
+            text += f" (~{row['seeds_needed']} seeds to tell)"
+        if "p_holm" in row:
+            text += f", p={row['p_holm']:.2g} ({row['test']}, Holm)"
+        row["verdict_text"] = text
+    if not aggregated or all((r.get("n") or 0) < 2 for r in rows):
+        notes.append("one seed per config: no difference can be called (run more seeds: seed=1,2,3)")
+    return notes
 
 
 def _out_dir(out: str | Path | None, paths: list[str]) -> Path:
@@ -137,6 +204,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--filter", action="append", default=[], help="key=value; repeat to combine")
     parser.add_argument("--out", help="where compare.md, compare.csv and the PNGs go (default: the one path given)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument(
+        "--baseline",
+        help="the config the others are tested against: a variant (lora) or key=value[,key=value] "
+        "(variant=lora,r=8); each row gets the difference, its 95%% interval and better / worse / within noise",
+    )
+    parser.add_argument(
+        "--cost",
+        default="params",
+        help="the cost axis of the Pareto front: params (default), memory (p99 per-step peak), time (training "
+        "steps), bytes (adapter)",
+    )
     args = parser.parse_args(argv)
     try:
         compare(
@@ -147,6 +225,8 @@ def main(argv: list[str] | None = None) -> None:
             filters=args.filter,
             out=args.out,
             plots=not args.no_plots,
+            cost=args.cost,
+            baseline=args.baseline,
         )
     except LoralabError as exc:
         print(f"loralab-compare: error: {exc}", file=sys.stderr)

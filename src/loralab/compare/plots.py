@@ -8,10 +8,12 @@ from pathlib import Path
 from loralab.compare.table import COMPARED, fmt, lookup
 
 
-def plot(rows: list[dict], runs: list[dict], metric: str, out: Path, extra: list[str] = ()) -> list[Path]:
+def plot(
+    rows: list[dict], runs: list[dict], metric: str, out: Path, extra: list[str] = (), cost: str = "params"
+) -> list[Path]:
     """metric against trainable parameters (one series per variant, and per value of whatever
-    else varies besides the rank: alpha, targets, other overrides; std bars when aggregated)
-    and val loss curves per run."""
+    else varies besides the rank: alpha, targets, other overrides; std bars when aggregated),
+    metric against the chosen cost with its Pareto front as a step line, and val loss curves."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,6 +58,8 @@ def plot(rows: list[dict], runs: list[dict], metric: str, out: Path, extra: list
     plt.close(fig)
     written.append(path)
 
+    written.append(_front_plot(plt, rows, metric, out, cost, series_of))
+
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for run in runs:
         if run["curve"]:
@@ -72,3 +76,36 @@ def plot(rows: list[dict], runs: list[dict], metric: str, out: Path, extra: list
     plt.close(fig)
     written.append(path)
     return written
+
+
+def _front_plot(plt, rows: list[dict], metric: str, out: Path, cost: str, series_of) -> Path:
+    """One point per config (std bars when aggregated), the front drawn as a step line."""
+    from loralab.compare.pareto import COSTS, points
+
+    key, label = COSTS[cost]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    shown = points(rows, key)
+    for name in sorted({series_of(rows[i]) for i, _, _ in shown}):
+        mine = [(rows[i], c, q) for i, c, q in shown if series_of(rows[i]) == name]
+        ax.errorbar(
+            [c for _, c, _ in mine],
+            [q for _, _, q in mine],
+            yerr=[r.get("metric_std") or 0.0 for r, _, _ in mine],
+            fmt="o",
+            capsize=3,
+            label=name,
+        )
+    best = sorted((c, q) for i, c, q in shown if rows[i].get("pareto"))
+    if best:
+        ax.step([c for c, _ in best], [q for _, q in best], where="post", color="black", alpha=0.6, label="front")
+    if shown and min(c for _, c, _ in shown) > 0:
+        ax.set_xscale("log")
+    ax.set_xlabel(label)
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = out / f"compare_front_{metric.replace('/', '_')}_vs_{cost}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

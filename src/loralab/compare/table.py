@@ -27,6 +27,8 @@ COLUMNS = (
     ("trainable", "trainable"),
     ("adapter_bytes", "adapter bytes"),
     ("peak_mb", "peak MB"),
+    ("p99_mb", "p99 step MB"),
+    ("train_s", "train s"),
     ("tokens_per_s", "tokens/s"),
     ("val_loss", "val loss"),
     ("metric", "metric"),
@@ -39,6 +41,8 @@ NUMERIC = (
     "trainable",
     "adapter_bytes",
     "peak_mb",
+    "p99_mb",
+    "train_s",
     "tokens_per_s",
     "val_loss",
     "metric",
@@ -104,6 +108,8 @@ def _row(run: RunDir, label: str) -> dict[str, Any]:
     variant = cfg.get("variant") or {}
     targets = variant.get("target_modules")
     peak = summary.get("peak_gpu_mb") or summary.get("peak_rss_mb")
+    memory = summary.get("memory") or {}
+    p99 = (memory.get("gpu_allocated_mb") or memory.get("rss_mb") or {}).get("p99")
     return {
         "run": label,
         "run_dir": str(run),
@@ -117,6 +123,8 @@ def _row(run: RunDir, label: str) -> dict[str, Any]:
         "trainable": summary.get("trainable_params"),
         "adapter_bytes": summary.get("adapter_bytes"),
         "peak_mb": peak,
+        "p99_mb": p99,
+        "train_s": summary.get("train_seconds"),
         "tokens_per_s": summary.get("tokens_per_s"),
         "after": summary.get("after") or {},
         "test": summary.get("test") or {},
@@ -215,13 +223,13 @@ def apply_filters(rows: list[dict], filters: list[str]) -> list[dict]:
             )
         if all(lookup(r, key) is None for r in rows):
             raise CompareError(f"--filter {item!r}: no run has {key!r}; columns: {', '.join(c for c, _ in COLUMNS)}")
-        rows = [r for r in rows if _same(lookup(r, key), value)]
+        rows = [r for r in rows if same_value(lookup(r, key), value)]
     if not rows:
         raise CompareError(f"no run is left after the filters {' '.join(filters)}")
     return rows
 
 
-def _same(actual: Any, wanted: str) -> bool:
+def same_value(actual: Any, wanted: str) -> bool:
     """A filter's value against a run's: as numbers when both are numbers (alpha=16 matches 16.0)."""
     try:
         return float(actual) == float(wanted)
@@ -256,6 +264,8 @@ def aggregate(rows: list[dict], group_by: list[str] | None) -> list[dict]:
             values = [float(m[key]) for m in done if isinstance(m.get(key), (int, float))]
             if values:
                 agg[key], agg[f"{key}_std"] = _mean_std(values)
+        # each seed's metric, for the interval and the tests against a baseline (loralab.compare.stats)
+        agg["samples"] = {m["seed"]: float(m["metric"]) for m in done if isinstance(m.get("metric"), (int, float))}
         for key in CONFIG_COLUMNS:
             agg.setdefault(key, lookup(members[0], key))
         agg["overrides"] = members[0]["overrides"]
@@ -277,7 +287,7 @@ def fmt(key: str, value: Any, std: Any = None) -> str:
         text = f"{value:,.0f}"
     elif key == "merge_err" and isinstance(value, float):
         text = f"{value:.1e}"
-    elif isinstance(value, float) and key in ("peak_mb", "tokens_per_s"):
+    elif isinstance(value, float) and key in ("peak_mb", "p99_mb", "tokens_per_s"):
         text = f"{value:,.0f}"
     elif isinstance(value, float):
         text = f"{value:.4g}"
@@ -312,9 +322,25 @@ def optional_columns(rows: list[dict]) -> dict[str, bool]:
     return {"test": has_test(rows), "forgetting": any(r.get("forgetting") is not None for r in rows)}
 
 
-def table_rows(rows: list[dict], metric: str, extra: list[str] = ()) -> tuple[list[str], list[list[str]]]:
-    """The table's headers and its rows' cells."""
+def table_rows(
+    rows: list[dict],
+    metric: str,
+    extra: list[str] = (),
+    front_cost: str | None = None,
+    baseline: str | None = None,
+    intervals: bool = False,
+) -> tuple[list[str], list[list[str]]]:
+    """The table's headers and its rows' cells (with the Pareto column, against `front_cost`,
+    when there are points to compare; the 95% interval when aggregated; the difference and the
+    verdict against a baseline)."""
     cols = columns(list(extra), **optional_columns(rows))
+    at = [k for k, _ in cols].index("metric") + 1
+    added = [("ci", "95% CI")] if intervals else []
+    if baseline is not None:
+        added += [("delta_text", f"Δ vs {baseline} [95% CI]"), ("verdict_text", "verdict")]
+    if front_cost is not None:
+        added.append(("pareto", f"front ({front_cost})"))
+    cols = cols[:at] + added + cols[at:]
     names = {"metric": metric, "test_metric": f"{test_metric(metric)} (test split)"}
     headers = [names.get(key, header) for key, header in cols]
     aggregated = any("n" in r for r in rows)
@@ -329,14 +355,18 @@ def table_rows(rows: list[dict], metric: str, extra: list[str] = ()) -> tuple[li
     return headers, body
 
 
-def write_markdown(path: Path, headers: list[str], body: list[list[str]], title: str) -> None:
+def write_markdown(path: Path, headers: list[str], body: list[list[str]], title: str, notes: list[str] = ()) -> None:
     lines = [f"# {title}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in cells) + " |" for cells in body]
+    lines += ["", *notes] if notes else []
     path.write_text("\n".join(lines) + "\n")
 
 
 def write_csv(path: Path, rows: list[dict], metric: str, extra: list[str] = ()) -> None:
     keys = [k for k, _ in columns(list(extra), **optional_columns(rows))]
+    at = keys.index("metric") + 1
+    found = ("ci", "delta", "delta_lo", "delta_hi", "test", "p", "p_holm", "verdict", "seeds_needed", "pareto")
+    keys[at:at] = [k for k in found if any(k in r for r in rows)]
     stats = sorted({k for r in rows for k in r if k.endswith("_std") or k == "n"})
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)

@@ -110,6 +110,8 @@ NEUTRAL = {
     ("data", "test_file"): None,
     ("data", "test_split"): None,
     ("callbacks", "test_split"): {"_target_": "loralab.callbacks.TestEvaluation", "checkpoint": "best"},
+    # memory is measured, nothing computed changes
+    ("callbacks", "memory"): {"_target_": "loralab.callbacks.MemoryProfile"},
     # forgetting is measured in eval mode and draws no random number: training is the same
     ("callbacks", "forgetting"): {
         "_target_": "loralab.callbacks.Forgetting",

@@ -115,7 +115,10 @@ def print_summary(summary: dict) -> None:
         # adapter/ loaded with plain peft onto a fresh base, against merged/
         table.add_row("saved adapter vs merged", "", f"max rel err {_fmt(summary['saved_adapter_max_rel_err'])}")
     table.add_row("tokens/s (train)", _fmt(summary.get("tokens_per_s")), "")
-    table.add_row("peak memory (RSS MB)", _fmt(summary.get("peak_rss_mb")), "")
+    table.add_row("train time (s, steps only)", _fmt(summary.get("train_seconds")), "")
+    steps = (summary.get("memory") or {}).get("rss_mb") or {}
+    per_step = f"per step: max {_fmt(steps.get('max'))}, p99 {_fmt(steps.get('p99'))}" if steps else ""
+    table.add_row("peak memory (RSS MB)", _fmt(summary.get("peak_rss_mb")), per_step)
     table.add_row("wall time (s)", _fmt(summary.get("wall_time_s")), "")
     if summary.get("error"):
         table.add_row("error", str(summary["error"]), "")
