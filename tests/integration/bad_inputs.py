@@ -44,6 +44,7 @@ class Case:
     # a signal sent while the run loads its data (the command then runs as a process of its own)
     interrupt: str | None = None
     status: str = "failed"  # summary.json's status, for a case that leaves a run directory
+    matrix: bool = False  # a second case of a path another row covers: run by make test-matrix
 
 
 # ---- what the setups write ---------------------------------------------------------------------
@@ -1307,6 +1308,7 @@ CASES: list[Case] = [
         "loralab: stopped by SIGINT before training started (while loading the data and the model): nothing was trained; run the command again",
         code=130,
         interrupt="SIGINT",
+        matrix=True,  # the same path as SIGTERM's row
         writes_nothing=False,
         status="interrupted",
     ),

@@ -237,6 +237,7 @@ def test_one_prompt_is_answered_as_evaluation_answers_it(wb_run):
     assert expected and proc.stdout.strip() == expected
 
 
+@pytest.mark.matrix  # the second architecture through loralab-generate: make test-matrix
 def test_a_seq2seq_run_is_prompted_as_it_was_trained(tmp_path):
     """T5 read plain prompts in training (no chat template for prompt_completion data): generate
     answers a typed test prompt as eval answered that row, and keeps no history."""

@@ -35,7 +35,9 @@ def test_the_catalogue_is_documented():
     assert f"the {len(CASES)} bad inputs" in readme and f"lists the {len(CASES)} bad inputs" in readme
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, id=c.name, marks=[pytest.mark.matrix] if c.matrix else []) for c in CASES]
+)
 def test_bad_input(case, tmp_path, tiny_runs, monkeypatch):
     if case.cpu_only and torch.cuda.is_available():
         pytest.skip("the refusal is for machines without CUDA")

@@ -120,6 +120,7 @@ def test_checkpoints_hold_the_whole_adapter_checked_by_hash(runs):
     )
 
 
+@pytest.mark.matrix  # resume is checked on one process in make test: make test-matrix
 def test_resume_under_ddp_continues_bit_for_bit(runs):
     """Cut the two-process run (with dropout) back to its step-2 checkpoint, resume it with two
     processes: the adapter and the metrics at step 4 are those of the uninterrupted run (the
@@ -139,6 +140,7 @@ def test_resume_under_ddp_continues_bit_for_bit(runs):
     assert summary(resumed)["global_step"] == 4
 
 
+@pytest.mark.matrix  # a second DDP check: make test-matrix
 def test_resume_with_another_number_of_processes_is_refused(runs):
     """The data position is counted in per-process batches: one line, the finished files stay."""
     again = runs / "one_process"

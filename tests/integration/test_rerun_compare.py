@@ -154,6 +154,7 @@ def test_a_damaged_adapter_is_reported_not_compared(runs, tmp_path):
     assert rows["b"]["val/exact_match"] == ""  # its figures describe an adapter that is gone
 
 
+@pytest.mark.matrix  # relative paths are checked in make test: make test-matrix
 def test_rerun_from_another_directory_finds_relative_data(tmp_path):
     """A run given a relative data path; its rerun started elsewhere reads the same file."""
     work = tmp_path / "project"

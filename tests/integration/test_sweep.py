@@ -87,6 +87,7 @@ def test_a_sweep_across_variants_is_one_sweep(tmp_path):
     assert groups == {f"dates_lora+dates_vera/{sweep.name}"}
 
 
+@pytest.mark.matrix  # a failing job is checked in make test: make test-matrix
 def test_a_failed_job_of_any_variant_fails_the_sweep(tmp_path):
     """Job 3 (the second variant's) fails while it runs: the sweep's one summary counts it and
     the command exits 1."""
@@ -172,6 +173,7 @@ def test_grid_report_wandb_grouping_and_resume(tmp_path):
     assert len(list(csv.DictReader((sweep / "compare.csv").open()))) == 3  # r = 2, 4, 8
 
 
+@pytest.mark.matrix  # relaunching is checked in make test: make test-matrix
 def test_relaunch_with_a_reordered_grid_keeps_every_run(tmp_path):
     sweep = tmp_path / "sweep"
     assert multirun(tmp_path, sweep, "variant.r=2,4").returncode == 0
