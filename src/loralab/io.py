@@ -37,14 +37,7 @@ def write_dir(target: str | Path, fill: Callable[[Path], None]) -> Path:
     except BaseException:  # a failed or interrupted fill leaves nothing behind, and the old target
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if target.exists():
-        old = target.with_name(f".old-{target.name}-{os.getpid()}")
-        os.rename(target, old)
-    os.rename(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
+    return move_into(tmp, target)
 
 
 def move_into(source: str | Path, target: str | Path) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -285,32 +284,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--verbose", action="store_true", help="show the libraries' start-up lines and bars too")
     parser.add_argument("overrides", nargs="*", help="key=value changes to the saved config")
     args = parser.parse_intermixed_args(argv)
-    from loralab.console import VERBOSE_ENV, quiet_libraries
+    from loralab.commands import run_command
 
-    if args.verbose:
-        os.environ[VERBOSE_ENV] = "1"
-    quiet_libraries()
-    from loralab.secrets import check_command_line
+    def body() -> int:
+        from loralab.secrets import check_command_line
 
-    refused = check_command_line(args.overrides)
-    if refused:
-        print(f"loralab-rerun: error: {refused}", file=sys.stderr)
-        sys.exit(2)
-    try:
-        code = rerun(args.run_dir, args.out, args.overrides, check=args.verify)
-    except OSError as exc:  # a file that cannot be read or written, where it happened
-        if not exc.filename:
-            raise
-        print(f"loralab-rerun: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as exc:
-        # objects built by hydra.utils.instantiate arrive wrapped in an InstantiationException
-        error = exc if isinstance(exc, LoralabError) else exc.__cause__
-        if not isinstance(error, LoralabError):
-            raise
-        print(f"loralab-rerun: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(code)
+        refused = check_command_line(args.overrides)
+        if refused:
+            raise RerunError(refused)
+        return rerun(args.run_dir, args.out, args.overrides, check=args.verify)
+
+    run_command("loralab-rerun", body, args.verbose)
 
 
 if __name__ == "__main__":
