@@ -1495,7 +1495,7 @@ CASES: list[Case] = [
         "compare",
         C,
         ["{tmp}/a", "--filter", "rank=8"],
-        "loralab-compare: error: --filter 'rank=8': no run has 'rank'; columns: run, status, variant, r, alpha, targets, seed, trainable, adapter_bytes, peak_mb, tokens_per_s, val_loss, metric, merge_err",
+        "loralab-compare: error: --filter 'rank=8': no run has 'rank'; columns: run, status, variant, r, alpha, targets, seed, trainable, adapter_bytes, peak_mb, p99_mb, train_s, tokens_per_s, val_loss, metric, merge_err",
         needs=["a"],
     ),
     Case(
