@@ -36,7 +36,7 @@ test: $(STAMP)  ## run the test suite (CPU; includes one smoke test of the real 
 	$(BIN)/python -m pytest -m "not gpu and not matrix" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-test-matrix: $(STAMP)  ## the rest of the architecture x variant matrix and second checks (launchers, Ctrl-C, DDP resume, ...) (~7 min; .ci/run runs it after make test)
+test-matrix: $(STAMP)  ## the rest of the architecture x variant matrix and second checks (launchers, Ctrl-C, DDP resume, ...) (~9 min; .ci/run runs it after make test)
 	$(BIN)/python -m pytest -m matrix $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-matrix: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
