@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install train test test-matrix test-all lint format bench clean
+.PHONY: help install install-browser train test test-matrix test-browser test-all lint format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -33,14 +33,29 @@ train: $(STAMP)  ## run the default experiment (SmolLM2-135M, dates task, LoRA)
 
 test: $(STAMP)  ## run the test suite (CPU; includes one smoke test of the real model)
 	@# pytest's exit code 5 means it collected no test: that is a failure, not a pass
-	$(BIN)/python -m pytest -m "not gpu and not matrix" $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -m pytest -m "not gpu and not matrix and not browser" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 test-matrix: $(STAMP)  ## the rest of the architecture x variant matrix and second checks (launchers, Ctrl-C, DDP resume, ...) (~9 min; .ci/run runs it after make test)
 	$(BIN)/python -m pytest -m matrix $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-matrix: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-test-all: $(STAMP)  ## every test, GPU ones included
+# a headless Chromium for compare.html's test (Debian's package: ~90 MB, needs root or sudo); kept
+# out of `make install`, which needs no root
+install-browser:  ## install Chromium (Debian's chromium-headless-shell) for make test-browser, when none is found
+	@if [ -n "$$LORALAB_CHROMIUM" ] || command -v chromium-headless-shell chromium chromium-browser google-chrome >/dev/null 2>&1; then \
+	  echo "a Chromium is installed"; \
+	else \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q --no-install-recommends chromium-headless-shell >/dev/null \
+	  || { echo "make install-browser: could not install chromium-headless-shell (apt-get, Debian/Ubuntu): install a Chromium and set LORALAB_CHROMIUM to it" >&2; exit 1; }; \
+	fi
+
+test-browser: $(STAMP) install-browser  ## compare.html in headless Chromium (~2 min; .ci/run runs it)
+	$(BIN)/python -m pytest -m browser $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-browser: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test-all: $(STAMP) install-browser  ## every test, GPU ones included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff lint and format check

@@ -56,3 +56,21 @@ def run_facts(run_dir: str | Path) -> dict:
         elif kind == "summary":
             facts["summary"].update({i.key: json.loads(i.value_json) for i in record.summary.update})
     return facts
+
+
+def history(run: str | Path) -> dict:
+    """The last logged value of each history key of one offline run directory (a media item,
+    such as a Table or an image, as its dict: `_type`, `path` under files/, ...)."""
+    (path,) = Path(run).glob("run-*.wandb")
+    values: dict = {}
+    for record in records(path):
+        if record.WhichOneof("record_type") != "history":
+            continue
+        for item in record.history.item:
+            keys = list(item.nested_key) or [item.key]
+            value = json.loads(item.value_json)
+            if len(keys) == 1:
+                values[keys[0]] = value
+            else:
+                values.setdefault(keys[0], {})[keys[1]] = value
+    return values

@@ -46,8 +46,20 @@ def sweep_group(output_dir: str | None) -> str | None:
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
-    sweep, out = Path(HydraConfig.get().sweep.dir).resolve(), Path(output_dir or ".").resolve()
+    return group_of_sweep(HydraConfig.get().sweep.dir, output_dir)
+
+
+def group_of_sweep(sweep_dir: str | Path, output_dir: str | None) -> str:
+    """A sweep's W&B group: its directory relative to the outputs directory (else its name)."""
+    sweep, out = Path(sweep_dir).resolve(), Path(output_dir or ".").resolve()
     return str(sweep.relative_to(out)) if sweep.is_relative_to(out) else sweep.name
+
+
+def wandb_offline() -> bool:
+    """Offline when WANDB_MODE says so, or when it is unset and no credentials exist (W&B would
+    prompt for them); otherwise W&B's own settings decide."""
+    mode = os.environ.get("WANDB_MODE")
+    return mode in ("offline", "dryrun") or (mode is None and not wandb_credentials_present())
 
 
 def wandb_logger(
@@ -71,10 +83,9 @@ def wandb_logger(
 
     os.environ.setdefault("WANDB_SILENT", "true")
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    mode = os.environ.get("WANDB_MODE")
     # without credentials W&B would prompt for them: go offline instead; otherwise leave the
     # choice to W&B's own settings (WANDB_MODE, `wandb offline`)
-    offline = mode in ("offline", "dryrun") or (mode is None and not wandb_credentials_present())
+    offline = wandb_offline()
     if offline:
         log.info("W&B is offline (no credentials): sync later with `wandb sync %s/wandb/offline-run-*`", save_dir)
     logger = WandbLogger(save_dir=save_dir, offline=offline, **kwargs)

@@ -205,12 +205,15 @@ class SweepReport(Callback):
             from loralab.compare import compare
             from loralab.errors import LoralabError
 
+            report = None
             try:  # the comparison table and plots of the sweep's jobs, beside sweep_summary.json
-                compare([j["run_dir"] for j in jobs], out=sweep_dir, metric=self.metric)
+                report = compare([j["run_dir"] for j in jobs], out=sweep_dir, metric=self.metric)
             except LoralabError as exc:
                 log.warning("no comparison report for %s: %s", sweep_dir, exc)
             except Exception:  # the report must not hide the sweep's own result
                 log.exception("the comparison report for %s failed", sweep_dir)
+            if report is not None and OmegaConf.select(config, "logger.wandb") is not None:
+                publish_report(config, report, sweep_dir)
         if failed:
             detail = "; ".join(f"job {j['job']}: {j['error']}" for j in failed[:3])
             print(
@@ -218,3 +221,18 @@ class SweepReport(Callback):
                 file=sys.stderr,
             )
             raise SystemExit(1)
+
+
+def publish_report(config: DictConfig, report: dict, sweep_dir: Path) -> None:
+    """The sweep's comparison as a W&B run of its group (loralab.compare.wandb_report), when the
+    jobs log to W&B; a failure to log is a warning, never the sweep's failure."""
+    from loralab.compare.wandb_report import publish
+    from loralab.loggers import group_of_sweep
+
+    settings = {k: OmegaConf.select(config, f"logger.wandb.{k}") for k in ("project", "entity", "group")}
+    group = settings["group"] or group_of_sweep(sweep_dir, OmegaConf.select(config, "paths.output_dir"))
+    tags = [str(t) for t in (OmegaConf.select(config, "tags") or [])]
+    try:
+        publish(report, sweep_dir, settings, group, tags)
+    except Exception as exc:  # noqa: BLE001 - W&B down, a bad key: the report is on disk anyway
+        log.warning("the comparison was not logged to W&B (%s: %s); it is in %s", type(exc).__name__, exc, sweep_dir)

@@ -17,7 +17,7 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.integration.test_cli_errors import BASE
-from tests.wandb_records import run_facts
+from tests.wandb_records import history, run_facts
 
 TINY_WANDB = ["model=tiny", "debug=fast", "~callbacks.progress"]  # the default loggers: W&B + CSV
 
@@ -141,6 +141,26 @@ def test_grid_report_wandb_grouping_and_resume(tmp_path):
         assert float(row["val_loss_std"]) > 0  # the seeds really differ
     assert "mean ± std over seeds" in (sweep / "compare.md").read_text()
     assert is_png(sweep / "compare_val_exact_match_vs_params.png") and is_png(sweep / "compare_val_loss.png")
+    assert is_png(sweep / "compare_val_exact_match_vs_step.png") and (sweep / "compare.html").is_file()
+
+    # the comparison in W&B: one run of the sweep's group, job type compare, with compare.csv as a
+    # Table and every plot as an image, read back from the offline run file and its media
+    (report_run,) = sweep.glob("wandb/offline-run-*")
+    facts = run_facts(sweep)
+    assert facts["group"] == sweep.name and facts["job_type"] == "compare"
+    logged = history(report_run)
+    table = json.loads((report_run / "files" / logged["compare/table"]["path"]).read_text())
+    with (sweep / "compare.csv").open() as fh:
+        header, *lines = list(csv.reader(fh))
+    assert table["columns"] == header and len(table["data"]) == len(lines) == 2
+    for values, line in zip(table["data"], lines, strict=True):
+        assert ["" if v is None else str(v) for v in values] == line
+    pngs = sorted(sweep.glob("compare_*.png"))
+    images = {k: v for k, v in logged.items() if isinstance(v, dict) and v.get("_type") == "image-file"}
+    assert sorted(images) == sorted(f"compare/{p.stem}" for p in pngs)
+    for png in pngs:
+        image = images[f"compare/{png.stem}"]
+        assert (report_run / "files" / image["path"]).read_bytes() == png.read_bytes()
 
     # interrupt job 3 after its step-2 checkpoint: no summary, adapter or later checkpoint
     finished = {

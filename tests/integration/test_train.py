@@ -143,6 +143,8 @@ def test_resume_from_the_last_checkpoint_keeps_the_final_metrics(make_cfg, finis
     original = json.loads((run_dir / "summary.json").read_text())
     assert summary["after"] and summary["after"] == original["after"]
     assert summary["after_step"] == original["after_step"] == 6
+    # every validation's figures, from the checkpoint: the curves loralab-compare draws
+    assert summary["validations"] == original["validations"] and original["validations"][-1]["step"] == 6
 
 
 def test_resume_auto_in_the_same_run_dir(make_cfg):
@@ -166,6 +168,9 @@ def test_resume_auto_in_the_same_run_dir(make_cfg):
         with open(run_dir / name) as f:
             return {int(row["step"]) for row in csv.DictReader(f)}
 
+    # the curve continues across the restart: the first part's validations, then the second's
+    assert [v["step"] for v in summary["validations"]] == [v["step"] for v in first["validations"]] + [6]
+    assert summary["validations"][: len(first["validations"])] == first["validations"]
     # the first part's metrics are kept beside the second part's
     assert steps("metrics.1.csv") and max(steps("metrics.1.csv")) <= 3
     assert min(steps("metrics.csv")) >= 3 and max(steps("metrics.csv")) >= 5

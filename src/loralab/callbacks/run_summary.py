@@ -53,6 +53,8 @@ class RunSummary(pl.Callback):
         self.before: dict = {}
         self.after: dict = {}
         self.after_step: int | None = None
+        # every validation's figures with the optimizer steps done: the curves loralab-compare draws
+        self.validations: list[dict] = []
         self.written = False
 
     STATE_KEY = "loralab_run_summary"
@@ -61,10 +63,13 @@ class RunSummary(pl.Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         if trainer.state.fn == "validate" and not self.after:
             self.before = metrics
+            self.validations.append({"step": trainer.global_step, **metrics})
             self._report(trainer, "before training", metrics)
         elif trainer.state.fn == "fit" and not trainer.sanity_checking:
             self.after = metrics
             self.after_step = trainer.global_step
+            if not self.validations or self.validations[-1]["step"] != trainer.global_step:
+                self.validations.append({"step": trainer.global_step, **metrics})
             where = f"step {trainer.global_step}" + (f"/{trainer.max_steps}" if trainer.max_steps > 0 else "")
             train_loss = trainer.callback_metrics.get("train/loss")
             self._report(
@@ -83,10 +88,14 @@ class RunSummary(pl.Callback):
         # on_validation_end): keep that validation's metrics, so that a run resumed from its
         # last checkpoint still reports them
         current = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        validations = list(self.validations)
+        if current and (not validations or validations[-1]["step"] != trainer.global_step):
+            validations.append({"step": trainer.global_step, **current})
         checkpoint[self.STATE_KEY] = {
             "before": self.before,
             "after": current or self.after,
             "after_step": trainer.global_step if current else self.after_step,
+            "validations": validations,
         }
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
@@ -94,6 +103,7 @@ class RunSummary(pl.Callback):
         self.before = state.get("before") or {}
         self.after = state.get("after") or {}
         self.after_step = state.get("after_step")
+        self.validations = list(state.get("validations") or [])
 
     def collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule, status: str, error: str | None) -> dict:
         """The summary as a dict."""
@@ -110,6 +120,7 @@ class RunSummary(pl.Callback):
             "before": self.before,
             "after": self.after,
             "after_step": self.after_step,
+            "validations": self.validations,
             "final_train_loss": None if train_loss is None else float(train_loss),
             **fields,
             "variant": pl_module.adapter.facts,

@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from loralab.compare.html import write_html
 from loralab.compare.pareto import COSTS, front, higher_is_better, points
 from loralab.compare.plots import plot
 from loralab.compare.table import (
@@ -71,7 +72,8 @@ def compare(
     cost: str = "params",
     baseline: str | None = None,
 ) -> dict:
-    """Build the comparison; print it; write compare.md, compare.csv and the plots into `out`."""
+    """Build the comparison; print it; write compare.md, compare.csv, compare.html and the plots
+    into `out`."""
     if cost not in COSTS:
         raise CompareError(f"--cost {cost!r}: choose one of {list(COSTS)}")
     out_dir = _out_dir(out, paths)
@@ -83,6 +85,8 @@ def compare(
         run["metric"] = run["after"].get(metric)
         # the same metric on the held-out test split, where the run has one (never used to choose)
         run["test_metric"] = run["test"].get(test_metric(metric))
+        if metric not in run["curves"]:
+            run["curves"][metric] = RunDir(run["source_dir"]).metric_curve(metric)
     extra = varied_overrides(runs)
     shown = {k for k, _ in COLUMNS}
     extra += [k for k in group_by or [] if k not in shown and k not in extra]  # what a group is, as columns
@@ -127,10 +131,25 @@ def compare(
     write_markdown(written[0], headers, body, title, notes)
     write_csv(written[1], rows, metric, extra)
     if plots:
-        written += plot(rows, runs, metric, out_dir, extra, cost=cost)
+        written += plot(rows, runs, metric, out_dir, extra, cost=cost, group_by=group_by, aggregated=do_aggregate)
+    images = [p for p in written if p.suffix == ".png"]
+    html_path = write_html(out_dir / "compare.html", title, headers, body, notes, images, runs, metric, paths)
+    written.insert(2, html_path)
     if echo:
         print("written: " + ", ".join(str(p) for p in written))
-    return {"metric": metric, "rows": rows, "runs": runs, "files": written, "aggregated": do_aggregate}
+    return {
+        "metric": metric,
+        "rows": rows,
+        "runs": runs,
+        "files": written,
+        "aggregated": do_aggregate,
+        "title": title,
+        "headers": headers,
+        "body": body,
+        "notes": notes,
+        "extra": extra,
+        "out": out_dir,
+    }
 
 
 def find_baseline(rows: list[dict], baseline: str) -> int:

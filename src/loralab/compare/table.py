@@ -135,8 +135,20 @@ def _row(run: RunDir, label: str) -> dict[str, Any]:
         # what the run computed, apart from its seed: runs with the same setup are seeds of one config
         "setup": _setup_key(cfg),
         "overrides": overrides,
-        "curve": source.metric_curve(),
+        # the directory its figures come from (a skipped job's: the run it repeated), for curves
+        "source_dir": str(source),
+        "curves": _curves(summary, source),
     }
+
+
+def _curves(summary: dict, source: RunDir) -> dict[str, list[tuple[int, float]]]:
+    """(optimizer steps done, value) per validation metric, from summary.json's `validations`; a
+    run written before they were recorded: val loss from metrics.csv (the step of its last batch)."""
+    validations = summary.get("validations")
+    if not validations:
+        return {"val/loss": source.metric_curve("val/loss")}
+    keys = dict.fromkeys(k for v in validations for k in v if k != "step")
+    return {k: [(int(v["step"]), float(v[k])) for v in validations if isinstance(v.get(k), (int, float))] for k in keys}
 
 
 def _setup_key(cfg: dict) -> str | None:
@@ -362,15 +374,22 @@ def write_markdown(path: Path, headers: list[str], body: list[list[str]], title:
     path.write_text("\n".join(lines) + "\n")
 
 
-def write_csv(path: Path, rows: list[dict], metric: str, extra: list[str] = ()) -> None:
+def csv_table(rows: list[dict], metric: str, extra: list[str] = ()) -> tuple[list[str], list[list[Any]]]:
+    """compare.csv's header and rows (raw values, None for nothing): the table's columns, the
+    statistics' fields, and every `_std` and `n`. Also the W&B Table of a sweep's report."""
     keys = [k for k, _ in columns(list(extra), **optional_columns(rows))]
     at = keys.index("metric") + 1
     found = ("ci", "delta", "delta_lo", "delta_hi", "test", "p", "p_holm", "verdict", "seeds_needed", "pareto")
     keys[at:at] = [k for k in found if any(k in r for r in rows)]
     stats = sorted({k for r in rows for k in r if k.endswith("_std") or k == "n"})
+    names = {"metric": metric, "test_metric": test_metric(metric)}
+    header = [names.get(k, k) for k in keys] + stats
+    return header, [[lookup(row, k) for k in keys + stats] for row in rows]
+
+
+def write_csv(path: Path, rows: list[dict], metric: str, extra: list[str] = ()) -> None:
+    header, body = csv_table(rows, metric, extra)
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        names = {"metric": metric, "test_metric": test_metric(metric)}
-        writer.writerow([names.get(k, k) for k in keys] + stats)
-        for row in rows:
-            writer.writerow(["" if lookup(row, k) is None else lookup(row, k) for k in keys + stats])
+        writer.writerow(header)
+        writer.writerows([["" if v is None else v for v in values] for values in body])
