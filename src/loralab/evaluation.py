@@ -43,14 +43,13 @@ def greedy_answers(
 
 
 @torch.no_grad()
-def loss_sums(model: Any, task: Any, batches: Iterable[dict], device: Any) -> torch.Tensor:
-    """[loss x positions, positions, correct] summed over the batches (the model in eval mode)."""
+def loss_sums(model: Any, task: Any, batches: Iterable[dict], device: Any, labelled: bool = False) -> torch.Tensor:
+    """[loss x positions, positions, correct] summed over the batches (the model in eval mode);
+    `labelled`: as the run computed its loss (compute.labelled_head)."""
     sums = torch.zeros(3, device=device)
     for batch in batches:
         batch = {k: v.to(device) for k, v in batch.items()}
-        out = task.forward(model, batch)
-        count, correct = task.val_counts(out, batch)
-        sums += torch.stack([out.loss.detach().float() * count, count, correct])
+        sums += task.loss_sums(model, batch, labelled=labelled)
     return sums
 
 

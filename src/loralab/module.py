@@ -34,6 +34,7 @@ class LoraModule(pl.LightningModule):
         generation_batch_size: int = 32,
         metrics: list[str] | tuple[str, ...] = ("exact_match",),
         answer_regex: str | None = None,
+        labelled_head: bool = False,
     ) -> None:
         super().__init__()
         self.adapter = adapter
@@ -46,6 +47,9 @@ class LoraModule(pl.LightningModule):
         self.max_new_tokens = max_new_tokens
         self.generation_batch_size = generation_batch_size
         self.task = get_task(adapter.task)
+        # causal LMs: only the labelled positions through the output head (compute.labelled_head);
+        # not under sharded strategies, whose wrapped model must run as a whole
+        self.labelled_head = labelled_head
         # how greedy answers are scored (loralab.metrics), each logged as val/<name> and test/<name>
         self.metrics = list(metrics)
         self.answer_pattern = check_regex(answer_regex)
@@ -68,8 +72,9 @@ class LoraModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         world = self.trainer.world_size
+        labelled = self._labelled()
         if world == 1 or not self.task.token_loss:
-            loss = self.task.forward(self.model, batch).loss
+            loss = self.task.loss(self.model, batch, labelled=labelled)
         else:
             # the mean over every predicted token of the global batch, as one process computes
             # it: each rank divides its token-loss sum by (global tokens / world size), and the
@@ -78,7 +83,8 @@ class LoraModule(pl.LightningModule):
             local = torch.stack([self.task.predicted(batch), self.task.tokens(batch)]).float()
             predicted, seen = self.trainer.strategy.reduce(local, reduce_op="sum")
             self._global_tokens = int(seen)  # throughput is counted over every process
-            loss = self.task.forward(self.model, batch, num_items=(predicted / world).clamp_min(1e-6)).loss
+            num_items = (predicted / world).clamp_min(1e-6)
+            loss = self.task.loss(self.model, batch, num_items=num_items, labelled=labelled)
         self.log(
             "train/loss",
             loss,
@@ -110,10 +116,11 @@ class LoraModule(pl.LightningModule):
         self._val_sums = []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        out = self.task.forward(self.model, batch)
         # the model's loss is a mean over `count` positions: the epoch's loss weighs batches by it
-        count, correct = self.task.val_counts(out, batch)
-        self._val_sums.append(torch.stack([out.loss.detach().float() * count, count, correct]))
+        self._val_sums.append(self.task.loss_sums(self.model, batch, labelled=self._labelled()))
+
+    def _labelled(self) -> bool:
+        return self.labelled_head and not (self._trainer is not None and sharded_strategy(self.trainer))
 
     def on_validation_epoch_end(self) -> None:
         sums = torch.stack(self._val_sums).sum(0) if self._val_sums else torch.zeros(3, device=self.device)
@@ -148,7 +155,7 @@ class LoraModule(pl.LightningModule):
         was_training = self.model.training
         self.model.eval()
         try:
-            sums = loss_sums(self.model, self.task, loader, self.device)
+            sums = loss_sums(self.model, self.task, loader, self.device, labelled=self._labelled())
             if self._trainer is not None and self.trainer.world_size > 1:
                 sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
             metrics = split_figures(sums, prefix, self.task)

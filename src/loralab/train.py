@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from loralab.callbacks import AdapterCheckpoint, Freeze, RunSummary, find_checkpoint
 from loralab.config.paths import CONF_DIR
@@ -149,6 +149,7 @@ def _setup(cfg: DictConfig, typed) -> tuple:
         generation_batch_size=typed.data.eval_batch_size,
         metrics=typed.data.metrics,
         answer_regex=typed.data.answer_regex,
+        labelled_head=bool(OmegaConf.select(cfg, "compute.labelled_head", default=False)),
     )
 
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)  # 4. fit

@@ -453,6 +453,20 @@ CASES: list[Case] = [
         "loralab: error: experiment_name='.x' must be a plain directory name (letters, digits and _ . + = , @ -, not starting with a dot, no '/'): it names the run's directory under outputs/, e.g. experiment_name=my_study",
     ),
     Case(
+        "switch not a boolean",
+        "config values",
+        T,
+        ["compute.labelled_head=maybe"],
+        "loralab: error: compute.labelled_head must be true or false, got 'maybe': write compute.labelled_head=true or compute.labelled_head=false",
+    ),
+    Case(
+        "switch as a number",
+        "config values",
+        T,
+        ["validate_before=1"],
+        "loralab: error: validate_before must be true or false, got 1: write validate_before=true or validate_before=false",
+    ),
+    Case(
         "tags not a list",
         "config values",
         T,

@@ -188,7 +188,11 @@ def evaluate_run(
     bar = tqdm(loader, desc=f"{split} loss", disable=not progress, leave=False)
     records: list[dict] = []
     if task.generates:
-        sums = loss_sums(model, task, bar, device)
+        # the loss as the run computed it (runs from before compute.labelled_head: full logits)
+        from omegaconf import OmegaConf
+
+        labelled = bool(OmegaConf.select(run.cfg, "compute.labelled_head", default=False))
+        sums = loss_sums(model, task, bar, device, labelled=labelled)
         figures = split_figures(sums, split, task)
         prompts = [r["prompt_ids"] for r in rows]
         answers: list[str] = []

@@ -51,9 +51,20 @@ def check_finite(value: Any, key: str) -> None:
         raise ConfigError(f"{key} must be a finite number, got {value!r}")
 
 
+# on/off switches outside the groups' schemas: true or false, nothing else (Hydra passes `maybe` or
+# `1` through as they are, and Python would read any of them as on)
+SWITCHES = ("validate_before", "compute.labelled_head")
+
+
 def check_top_level(cfg: Any) -> None:
-    """seed, experiment_name and tags."""
+    """seed, experiment_name, tags and the switches."""
+    from omegaconf import OmegaConf
+
     check_seed(cfg.get("seed"), "seed")
+    for key in SWITCHES:
+        value = OmegaConf.select(cfg, key) if OmegaConf.is_config(cfg) else cfg.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}: write {key}=true or {key}=false")
     name = cfg.get("experiment_name")
     if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name):
         raise ConfigError(

@@ -124,6 +124,21 @@ class Task:
             return model(**batch, **NO_CACHE)
         return model(**batch, **NO_CACHE, num_items_in_batch=num_items)
 
+    def loss(
+        self, model: torch.nn.Module, batch: dict, num_items: torch.Tensor | None = None, labelled: bool = False
+    ) -> torch.Tensor:
+        """The training loss (`forward`'s). `labelled`: compute only what the loss needs, where
+        the task can (causal LMs: the output head at the labelled positions only)."""
+        return self.forward(model, batch, num_items).loss
+
+    def loss_sums(self, model: torch.nn.Module, batch: dict, labelled: bool = False) -> torch.Tensor:
+        """[loss x positions, positions, correct] of one batch, for a split's sums (no gradient)."""
+        import torch
+
+        out = self.forward(model, batch)
+        count, correct = self.val_counts(out, batch)
+        return torch.stack([out.loss.detach().float() * count, count, correct])
+
     def predicted(self, batch: dict) -> torch.Tensor:
         """How many positions the loss averages over."""
         raise NotImplementedError

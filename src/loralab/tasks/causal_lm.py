@@ -4,6 +4,8 @@ assistant's."""
 
 from __future__ import annotations
 
+import logging
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from loralab.errors import ModelError
@@ -11,6 +13,106 @@ from loralab.tasks.base import CHAT_NEEDS_TEMPLATE, IGNORE_INDEX, Item, Task
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger(__name__)
+
+
+# the most logits (positions x vocabulary) one piece of the labelled loss computes at once: 32M
+# floats, 128 MB (SmolLM2's 49,152-word vocabulary: 682 positions)
+LOGITS_PER_CHUNK = 1 << 25
+# the labelled loss against the model's own, on a probe batch: relative tolerance per compute dtype
+HEAD_CHECK_TOLERANCE = {"float32": 1e-4, "low": 2e-2}
+_HEAD_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def head_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """(the decoder stack, the output head) of a causal LM (inside a peft model too), or None
+    when the model does not expose them the way transformers' causal LMs do."""
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(hf, "base_model", None)
+    head = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
+    if backbone is None or backbone is hf or head is None:
+        return None
+    return backbone, head
+
+
+def labelled_loss(
+    backbone: torch.nn.Module, head: torch.nn.Module, batch: dict, num_items: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The causal LM loss with only the labelled positions through the output head: the hidden
+    states that predict a labelled token are gathered, projected in pieces of at most
+    LOGITS_PER_CHUNK logits (each recomputed in the backward pass when there are several), and
+    their cross-entropy summed; the mean over them (or the sum / `num_items`), as the model's own
+    loss, without ever holding [batch, sequence, vocabulary] logits."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    hidden = backbone(**inputs, use_cache=False).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE_INDEX
+    states, targets = hidden[:, :-1][keep], labels[keep]
+
+    def piece(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(head(h).float(), y, reduction="sum")
+
+    step = max(1, LOGITS_PER_CHUNK // max(1, head.weight.shape[0]))
+    if states.shape[0] <= step:
+        total = piece(states, targets)
+    else:
+        total = states.new_zeros((), dtype=torch.float32)
+        for start in range(0, states.shape[0], step):
+            h, y = states[start : start + step], targets[start : start + step]
+            total = total + (checkpoint(piece, h, y, use_reentrant=False) if torch.is_grad_enabled() else piece(h, y))
+    return total / (num_items if num_items is not None else keep.sum())
+
+
+def labelled_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """The model's (decoder stack, head) when the labelled loss is its own loss, else None.
+    Measured once per model, not looked up: on a probe batch in eval mode (no dropout, no random
+    number drawn), both losses must agree to the compute dtype's rounding. A model whose head does
+    more than a projection (logit soft-capping, scaling) fails it and keeps its full logits."""
+    if model in _HEAD_CHECKED:
+        return _HEAD_CHECKED[model]
+    import torch
+
+    parts = head_parts(model)
+    if parts is not None:
+        backbone, head = parts
+        device = head.weight.device
+        generator = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, head.weight.shape[0], (2, 12), generator=generator).to(device)
+        mask = torch.ones_like(ids)
+        mask[1, 9:] = 0
+        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+        labels[:, :6] = IGNORE_INDEX
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        modes = {m: m.training for m in model.modules()}
+        model.eval()
+        try:
+            with torch.no_grad():
+                full = model(**batch, use_cache=False).loss.float()
+                mine = labelled_loss(backbone, head, batch).float()
+        except Exception as exc:  # noqa: BLE001 - a model that cannot run its parts alone keeps its logits
+            log.info("the labelled loss does not run on this model (%s): full logits", exc)
+            mine = full = None
+        finally:
+            for module, mode in modes.items():
+                module.training = mode
+        low = head.weight.dtype != torch.float32 or torch.is_autocast_enabled(device.type)
+        tolerance = HEAD_CHECK_TOLERANCE["low" if low else "float32"]
+        if mine is None or not torch.isfinite(mine) or abs(mine - full) > tolerance * max(1.0, abs(float(full))):
+            if mine is not None:
+                log.warning(
+                    "the output head at labelled positions gives loss %.6g where the model gives %.6g: this model "
+                    "computes full logits (compute.labelled_head has no effect on it)",
+                    float(mine),
+                    float(full),
+                )
+            parts = None
+    _HEAD_CHECKED[model] = parts
+    return parts
 
 
 def split_chat(tokenizer: Any, prompt_messages: list[dict], answer: str) -> tuple[str, str]:
@@ -108,6 +210,24 @@ class CausalLM(Task):
     def predicted(self, batch: dict) -> torch.Tensor:
         # the model predicts position t+1 from t: labels shifted by one, IGNORE_INDEX ignored
         return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+
+    def loss(
+        self, model: torch.nn.Module, batch: dict, num_items: torch.Tensor | None = None, labelled: bool = False
+    ) -> torch.Tensor:
+        parts = labelled_head(model) if labelled else None
+        if parts is None:
+            return self.forward(model, batch, num_items).loss
+        return labelled_loss(*parts, batch, num_items)
+
+    def loss_sums(self, model: torch.nn.Module, batch: dict, labelled: bool = False) -> torch.Tensor:
+        import torch
+
+        parts = labelled_head(model) if labelled else None
+        if parts is None:
+            return super().loss_sums(model, batch)
+        count = self.predicted(batch).float()
+        loss = labelled_loss(*parts, batch).detach().float()
+        return torch.stack([loss * count, count, torch.zeros_like(count)])
 
     def probe_batch(self, blocks: torch.Tensor) -> dict:
         # every token predicted from the ones before it
