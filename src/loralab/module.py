@@ -15,6 +15,7 @@ from loralab.distributed import sharded_strategy
 from loralab.evaluation import greedy_answers, loss_sums, split_figures
 from loralab.metrics import check_regex, score
 from loralab.tasks import get_task
+from loralab.timing import PhaseClock
 from loralab.variants.registry import AdapterInfo
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class LoraModule(pl.LightningModule):
         # causal LMs: only the labelled positions through the output head (compute.labelled_head);
         # not under sharded strategies, whose wrapped model must run as a whole
         self.labelled_head = labelled_head
+        # seconds per phase besides the training steps (summary.json `time`)
+        self.clock = PhaseClock()
         # how greedy answers are scored (loralab.metrics), each logged as val/<name> and test/<name>
         self.metrics = list(metrics)
         self.answer_pattern = check_regex(answer_regex)
@@ -112,6 +115,12 @@ class LoraModule(pl.LightningModule):
             self.trainer.should_stop = True
 
     # ---- validation --------------------------------------------------------------------
+    def on_validation_start(self) -> None:
+        self.clock.start("validate")
+
+    def on_validation_end(self) -> None:
+        self.clock.stop("validate")
+
     def on_validation_epoch_start(self) -> None:
         self._val_sums = []
 

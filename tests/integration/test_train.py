@@ -49,6 +49,11 @@ def test_run_directory_contents(finished):
     assert saved["merge_passed"] and saved["trainable_params"] == 8192 // 2 * 2  # r=4 on 14 linears
     assert saved["before"]["val/loss"] > saved["after"]["val/loss"]
     assert saved["after_step"] == 6 and saved["adapter_bytes"] > 0 and saved["peak_rss_mb"] > 0
+    # where the wall time went: every phase this run had took some, and they add up to the total
+    spent = saved["time"]
+    assert spent["train"] == saved["train_seconds"] and spent["total"] == saved["wall_time_s"]
+    assert all(spent[k] > 0 for k in ("train", "validate", "test", "forgetting", "merge_check", "save"))
+    assert sum(v for k, v in spent.items() if k != "total") == pytest.approx(spent["total"])
     meta = json.loads((run_dir / "run_meta.json").read_text())
     assert meta["seed"] == cfg.seed and len(meta["data"]["fingerprint"]) == 16
     assert meta["packages"]["torch"] and meta["packages"]["peft"] and "commit" in meta["git"]

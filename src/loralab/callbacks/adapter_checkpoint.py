@@ -47,6 +47,7 @@ from loralab.rundir import (
     tensor_digest,
 )
 from loralab.rundir import CHECKPOINT_META as META_FILE
+from loralab.timing import timed
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +303,7 @@ class AdapterCheckpoint(SummaryContributor, pl.Callback):
             return
         self.save(trainer, pl_module)
 
+    @timed("save")
     def save(self, trainer: pl.Trainer, pl_module: pl.LightningModule, scored: bool = True) -> Path:
         """Write one complete checkpoint directory for the current step. `scored=False` (a stop
         between validations) records no metric: the checkpoint never counts as the best."""
@@ -424,6 +426,7 @@ class AdapterCheckpoint(SummaryContributor, pl.Callback):
         pick = min if self.mode == "min" else max
         return pick(scored, key=lambda c: c["value"])["path"]
 
+    @timed("save")
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         tmp = self.final_dir.with_name(f".tmp-{self.final_dir.name}")
         try:

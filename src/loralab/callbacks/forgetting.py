@@ -18,6 +18,7 @@ from loralab.callbacks.contributions import SummaryContributor
 from loralab.distributed import sharded_strategy
 from loralab.errors import ConfigError
 from loralab.forgetting import block_length, cross_entropy_sums, load_probe, probe_blocks
+from loralab.timing import timed
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class Forgetting(SummaryContributor, pl.Callback):
             sums = trainer.strategy.reduce(sums, reduce_op="sum")
         return float(sums[0] / sums[1].clamp_min(1)), int(sums[1])
 
+    @timed("forgetting")
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         why = self._why_not(trainer, pl_module)
         if why is not None or self.before is not None:  # not measured, or restored from a checkpoint
@@ -84,6 +86,7 @@ class Forgetting(SummaryContributor, pl.Callback):
             return
         self.before, self.tokens = self._measure(trainer, pl_module)
 
+    @timed("forgetting")
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         why = self._why_not(trainer, pl_module)
         if why is None and self.before is None:

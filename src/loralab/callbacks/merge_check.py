@@ -26,6 +26,7 @@ from loralab.loggers import attach_file
 from loralab.models.quantized import dequantized_copy, quantization_of
 from loralab.rundir import ADAPTER_WEIGHTS, MERGE_REPORT
 from loralab.tasks import get_task
+from loralab.timing import phase_of, timed
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ class MergeCheck(SummaryContributor, pl.Callback):
         base = self.model_source.load_model(pl_module.adapter.task, trainer.datamodule.labels)
         return PeftModel.from_pretrained(base, str(self.adapter_dir)).eval()
 
+    @timed("merge_check")
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
@@ -270,7 +272,8 @@ class MergeCheck(SummaryContributor, pl.Callback):
                 merged_model.save_pretrained(tmp)
                 pl_module.tokenizer.save_pretrained(tmp)
 
-            write_dir(self.merged_dir, fill)
+            with phase_of(pl_module, "save"):
+                write_dir(self.merged_dir, fill)
             report["merged_dir"] = str(self.merged_dir)
             del merged_model
             merged = _logits(self._reload(task, dtype).to(device).eval(), batch)

@@ -35,6 +35,7 @@ def publish_to_wandb(trainer: pl.Trainer, summary: dict) -> None:
     figures.update({f"final/{k}": v for k, v in (summary.get("after") or {}).items()})
     figures.update({f"final/{k}": v for k, v in (summary.get("test") or {}).items()})
     figures.update({f"final/{k}": v for k, v in forgetting_figures(summary).items()})
+    figures.update({f"final/time/{k}": v for k, v in (summary.get("time") or {}).items()})
     for kind, stats in (summary.get("memory") or {}).items():  # final/memory/rss_mb/p99, ...
         if isinstance(stats, dict):
             figures.update({f"final/memory/{kind}/{k}": v for k, v in stats.items()})
@@ -112,6 +113,7 @@ class RunSummary(pl.Callback):
             if cb is not self and isinstance(cb, SummaryContributor):
                 fields.update(cb.summary_fields())
         train_loss = trainer.callback_metrics.get("train/loss")
+        wall = time.time() - self.started
         return {
             **peak_memory(),  # a callback that resets the peaks per step (MemoryProfile) gives the run's own
             "status": status,
@@ -127,7 +129,11 @@ class RunSummary(pl.Callback):
             "tokens_per_s": pl_module.tokens_seen / pl_module.train_seconds if pl_module.train_seconds else None,
             "train_tokens": pl_module.tokens_seen,
             "train_seconds": pl_module.train_seconds,
-            "wall_time_s": time.time() - self.started,
+            "wall_time_s": wall,
+            # where the wall time went: the steps, validation, test split, forgetting, merge check, saves
+            "time": pl_module.clock.summary(train=pl_module.train_seconds, total=wall)
+            if hasattr(pl_module, "clock")
+            else {},
             "run_dir": str(self.run_dir),
         }
 

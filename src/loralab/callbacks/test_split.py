@@ -22,6 +22,7 @@ from loralab.callbacks.contributions import SummaryContributor
 from loralab.distributed import clean_name, sharded_strategy
 from loralab.errors import CheckpointError, ConfigError
 from loralab.rundir import STATE_FILE
+from loralab.timing import timed
 
 log = logging.getLogger(__name__)
 CHOICES = ("best", "last")
@@ -50,6 +51,7 @@ class TestEvaluation(SummaryContributor, pl.Callback):
             return None, "the checkpoint's training state is a directory of shards (DeepSpeed)"
         return best, None
 
+    @timed("test")
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = trainer.datamodule
         if dm is None or getattr(dm, "test_set", None) is None:
