@@ -28,7 +28,11 @@ from benchmarks.common import compose, emit, median, run_child
 IMPLEMENTATIONS = ("loralab", "loop", "trainer")
 # loralab's own speed switches, measured beside the default (they change which examples share a
 # batch, so they are not compared batch for batch with the baselines)
-SWITCHES = {"loralab data.group_by_length=true": ["data.group_by_length=true"]}
+SWITCHES = {
+    "loralab data.group_by_length=true": ["data.group_by_length=true"],
+    # the output head at every position, as the loop and the Trainer compute it
+    "loralab compute.labelled_head=false": ["compute.labelled_head=false"],
+}
 
 
 # ---- the baselines ------------------------------------------------------------------------
@@ -220,9 +224,12 @@ def run_loralab(overrides: list[str], total: int) -> dict:
     added and validation moved past the measured steps."""
     work = Path(tempfile.mkdtemp(prefix="loralab-bench-run-"))
     out = work / "steps.json"
+    # the baselines' precision (fp32 unless the overrides say), not the presets' auto
+    asked = any(o.split("=", 1)[0].lstrip("+~") in ("precision", "trainer.precision") for o in overrides)
     args = [
         "-m",
         "loralab",
+        *([] if asked else ["precision=32-true"]),
         *overrides,
         f"trainer.max_steps={total}",
         f"trainer.val_check_interval={total}",

@@ -86,6 +86,40 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def choose_precision(accelerator: str) -> tuple[str, str]:
+    """What `precision=auto` means on this machine, and why: bf16 autocast over fp32 weights where
+    the hardware computes bf16 natively (a CUDA GPU that supports it; a CPU with AVX512-BF16 or
+    AMX), fp32 elsewhere (where bf16 would be emulated, or fp16 would need loss scaling)."""
+    if accelerator in (*CUDA_ACCELERATORS, "auto"):
+        import torch
+
+        if torch.cuda.is_available():
+            name = torch.cuda.get_device_name(0)
+            if torch.cuda.is_bf16_supported():
+                return "bf16-mixed", f"{name} computes bf16 natively"
+            return "32-true", f"{name} has no native bf16"
+        if accelerator != "auto":
+            return "32-true", "no CUDA device"
+    if cpu_has_bf16():
+        return "bf16-mixed", "the CPU computes bf16 natively (avx512_bf16 or amx_bf16 in /proc/cpuinfo)"
+    return "32-true", "the CPU has no native bf16 (no avx512_bf16 or amx_bf16 in /proc/cpuinfo): it would be emulated"
+
+
+def resolve_precision(cfg: Any) -> None:
+    """`trainer.precision=auto` (the presets' default) replaced, in place, by this machine's choice,
+    before the config is hashed, saved or checked; `precision_choice` records it and why (in
+    run_meta.json and summary.json). An explicit precision is left as it is."""
+    from omegaconf import OmegaConf, open_dict
+
+    if str(OmegaConf.select(cfg, "trainer.precision", default=None)) != "auto":
+        return
+    chosen, why = choose_precision(str(cfg.trainer.get("accelerator", "cpu")))
+    with open_dict(cfg):
+        cfg.trainer.precision = chosen
+        cfg.precision_choice = {"asked": "auto", "used": chosen, "why": why}
+    log.info("precision=auto: %s (%s)", chosen, why)
+
+
 def check_trainer(cfg: Any) -> None:
     """Trainer settings this machine cannot run, as one-line ConfigErrors, before any model or
     data loads."""

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from loralab.callbacks import AdapterCheckpoint, Freeze, RunSummary, find_checkpoint
 from loralab.config.paths import CONF_DIR
 from loralab.data.datamodule import LoraDataModule
-from loralab.distributed import end_distributed, env_rank, is_rank_zero
+from loralab.distributed import end_distributed, env_rank, is_rank_zero, resolve_precision
 from loralab.errors import Interrupted
 from loralab.io import set_aside
 from loralab.launcher import adopt_launcher
@@ -46,6 +46,7 @@ __all__ = ["CONF_DIR", "run", "train"]
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Run one experiment; return (summary, objects)."""
     # 1. config checks, before anything loads: a bad config is refused without importing torch
+    resolve_precision(cfg)
     typed = validate(cfg)
     with interrupts_before_fit():  # Ctrl-C / SIGTERM while loading: one line, status interrupted
         trainer, module, datamodule, callbacks, loggers, ckpt = _setup(cfg, typed)
@@ -115,6 +116,9 @@ def _setup(cfg: DictConfig, typed) -> tuple:
     spec.check_targets(source.skeleton(task.name), typed.variant, task.name)  # the module tree, no weights
     ckpt = find_checkpoint(cfg.ckpt_path, cfg.resume, run_dir / "checkpoints")
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    for cb in callbacks:
+        if isinstance(cb, RunSummary) and cfg.get("precision_choice"):
+            cb.precision_choice = dict(cfg.precision_choice)
     if ckpt is not None and zero:
         # Lightning's CSV logger deletes an existing metrics.csv; keep the earlier part of the run
         set_aside(run_dir / METRICS_CSV)
@@ -167,6 +171,7 @@ def run(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.paths.run_dir)
     failed = True
     try:
+        resolve_precision(cfg)  # before the config is hashed: the job's hash is of what it computes
         if _in_multirun():
             # a relaunched sweep: finished configs are skipped (rank 0 moves and writes; a job's
             # other ranks, when a cluster starts them, decide alike without touching anything)

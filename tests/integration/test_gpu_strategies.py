@@ -38,8 +38,12 @@ def launch(tmp_path: Path, run_dir: Path, *overrides: str) -> dict:
 
 
 def test_default_experiment_on_one_gpu_bf16(tmp_path):
-    summary = launch(tmp_path, tmp_path / "gpu", "trainer=gpu", "~callbacks.progress", "trainer.max_steps=20")
+    summary = launch(
+        tmp_path, tmp_path / "gpu", "trainer=gpu", "precision=auto", "~callbacks.progress", "trainer.max_steps=20"
+    )
     assert summary["status"] == "completed" and summary["merge_passed"]
+    # precision=auto on a GPU: bf16 autocast where the device computes bf16 natively
+    assert summary["precision"]["used"] == ("bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true")
     assert summary["after"]["val/loss"] < summary["before"]["val/loss"]
     assert summary["peak_gpu_mb"] > 0 and summary["tokens_per_s"] > 0
     print(f"\n{torch.cuda.get_device_name(0)}: {summary['tokens_per_s']:.0f} tokens/s, {summary['peak_gpu_mb']:.0f} MB")

@@ -25,7 +25,7 @@ OWN_LINE = re.compile(
 def test_default_model_two_steps(tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "WANDB_MODE": "offline"}
-    for key in ("HYDRA_FULL_ERROR", "LORALAB_VERBOSE"):
+    for key in ("HYDRA_FULL_ERROR", "LORALAB_VERBOSE", "LORALAB_PRECISION"):  # the default: precision=auto
         env.pop(key, None)
     proc = subprocess.run(
         [
@@ -52,6 +52,11 @@ def test_default_model_two_steps(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["global_step"] == 2
     assert summary["merge_passed"] and summary["reload_max_abs_err"] < 1e-2
+    # precision=auto: bf16 autocast where this CPU computes bf16 natively, else fp32, and why
+    from loralab.distributed import cpu_has_bf16
+
+    assert summary["precision"]["asked"] == "auto" and summary["precision"]["why"]
+    assert summary["precision"]["used"] == ("bf16-mixed" if cpu_has_bf16() else "32-true")
     # all-linear r=8 on 30 layers of q, o (576x576), k, v (192x576), gate, up (1536x576), down (576x1536)
     per_layer = 8 * (2 * (576 + 576) + 2 * (576 + 192) + 3 * (576 + 1536))
     assert summary["trainable_params"] == 30 * per_layer == 2_442_240

@@ -265,3 +265,27 @@ def test_merge_check_on_a_model_rebuilt_from_the_saved_adapter(tmp_path, finishe
     assert report["adapter_effect"]["max_abs_err"] == pytest.approx(live["adapter_effect"]["max_abs_err"], rel=1e-4)
     assert report["adapter_effect"]["max_abs_err"] > 100 * report["merged"]["max_abs_err"]
     assert summary["merge_passed"]
+
+
+def test_precision_auto_runs_in_what_the_machine_computes_natively(make_cfg):
+    """The presets' precision=auto, end to end on this machine: bf16 autocast where the CPU
+    computes bf16 natively (else fp32), recorded with why in run_meta.json, summary.json and the
+    saved config (which a rerun reads: it computes in the same precision), and the merge check
+    passes at the tolerance of the weights' dtype."""
+    from omegaconf import OmegaConf
+
+    from loralab.distributed import cpu_has_bf16
+
+    cfg = make_cfg("precision=auto", "variant.r=4", "trainer.max_steps=4", run="auto_precision")
+    summary, objects = train(cfg)
+    used = "bf16-mixed" if cpu_has_bf16() else "32-true"
+    assert summary["status"] == "completed" and summary["merge_passed"]
+    assert summary["precision"] == {"asked": "auto", "used": used, "why": summary["precision"]["why"]}
+    assert objects["trainer"].precision == used
+    run_dir = Path(cfg.paths.run_dir)
+    meta = json.loads((run_dir / "run_meta.json").read_text())
+    assert meta["precision"] == summary["precision"]
+    assert OmegaConf.load(run_dir / "config.yaml").trainer.precision == used
+    # the check runs outside the autocast: the weights' own dtype, and its tolerance
+    report = json.loads((run_dir / "merge_report.json").read_text())
+    assert report["dtype"] == "float32" and report["tolerance_rel"] == 1e-4

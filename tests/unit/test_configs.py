@@ -33,7 +33,7 @@ def check_gpu_preset(cfg, option: str) -> None:
 
     from loralab.errors import ConfigError
 
-    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision in ("auto", "32-true")
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="needs a CUDA GPU and this machine has none"):
             validate(cfg)
@@ -79,6 +79,37 @@ def test_precision_presets(make_cfg, precision):
         validate(cfg)
         trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
         assert trainer.precision == precision
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "no-bf16"])
+def test_precision_auto_chooses_bf16_only_where_the_cpu_computes_it(make_cfg, monkeypatch, native):
+    """precision=auto resolves in place, before the config is hashed or checked: bf16-mixed on a CPU
+    with native bf16, 32-true elsewhere, the choice and its reason recorded; the hash is that of
+    the precision chosen, as if it had been asked for."""
+    from loralab import distributed
+    from loralab.distributed import resolve_precision
+    from loralab.reporting.run_meta import config_hash
+
+    monkeypatch.setattr(distributed, "cpu_has_bf16", lambda: native)
+    cfg = make_cfg("precision=auto")
+    assert cfg.trainer.precision == "auto"
+    resolve_precision(cfg)
+    used = "bf16-mixed" if native else "32-true"
+    assert cfg.trainer.precision == used
+    assert cfg.precision_choice.asked == "auto" and cfg.precision_choice.used == used
+    assert ("natively" in cfg.precision_choice.why) == native
+    assert config_hash(cfg) == config_hash(make_cfg(f"precision={used}"))
+    validate(cfg)
+    explicit = make_cfg("precision=bf16-mixed")
+    resolve_precision(explicit)  # asked for: left as it is, nothing recorded
+    assert explicit.trainer.precision == "bf16-mixed" and "precision_choice" not in explicit
+
+
+def test_the_presets_default_to_auto_unless_the_environment_says(make_cfg, monkeypatch):
+    monkeypatch.delenv("LORALAB_PRECISION")
+    assert make_cfg().trainer.precision == "auto" and make_cfg("trainer=gpu").trainer.precision == "auto"
+    monkeypatch.setenv("LORALAB_PRECISION", "32-true")
+    assert make_cfg().trainer.precision == "32-true"
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,8 @@ class RunSummary(pl.Callback):
 
     def __init__(self, run_dir: str) -> None:
         self.run_dir = Path(run_dir)
+        # what precision=auto chose on this machine, and why (set by loralab.train from the config)
+        self.precision_choice: dict = {}
         self.started = time.time()
         self.before: dict = {}
         self.after: dict = {}
@@ -126,6 +128,7 @@ class RunSummary(pl.Callback):
             "final_train_loss": None if train_loss is None else float(train_loss),
             **fields,
             "variant": pl_module.adapter.facts,
+            "precision": {**self.precision_choice, "used": str(trainer.precision)},
             "tokens_per_s": pl_module.tokens_seen / pl_module.train_seconds if pl_module.train_seconds else None,
             "train_tokens": pl_module.tokens_seen,
             "train_seconds": pl_module.train_seconds,

@@ -16,6 +16,7 @@ SEED_MAX = 2**32 - 1  # numpy's seeds (Lightning's seed_everything, datasets' sp
 PLAIN_NAME = re.compile(r"[\w+=,@-][\w.+=,@-]*")
 WANDB_TAG_MAX = 64  # W&B refuses longer tags when the run starts
 PRECISIONS = (
+    "auto",  # replaced by loralab.distributed.resolve_precision before the run
     "32-true",
     "32",
     "bf16-mixed",
@@ -138,8 +139,8 @@ def check_trainer_values(trainer: Any) -> None:
     precision = str(trainer.get("precision", "32-true"))
     if precision not in PRECISIONS:
         raise ConfigError(
-            f"trainer.precision={precision} is not a precision Lightning knows: use precision=32-true, "
-            "precision=bf16-mixed or precision=16-mixed"
+            f"trainer.precision={precision} is not a precision Lightning knows: use precision=auto, "
+            "precision=32-true, precision=bf16-mixed or precision=16-mixed"
         )
 
 

@@ -98,7 +98,8 @@ def flat_config(cfg: DictConfig) -> dict:
 # the layout of a run directory that loralab-rerun and loralab-compare read; raised when it changes
 FORMAT_VERSION = 1
 # keys that say where a run writes or how it is watched, not what it computes
-UNHASHED = ("paths", "logger", "resume", "ckpt_path", "tags", "experiment_name", "objective")
+# (precision_choice: the record of precision=auto, whose outcome trainer.precision holds)
+UNHASHED = ("paths", "logger", "resume", "ckpt_path", "tags", "experiment_name", "objective", "precision_choice")
 # keys added after runs were recorded, at the value that computes what those runs computed: left out
 # of the hash there, so that a relaunched sweep still finds its finished jobs and compare still
 # groups them (data.task: null chooses the task those runs had; no test split evaluates nothing)
@@ -199,6 +200,8 @@ def write_run_meta(run_dir: str | Path, cfg: DictConfig, model: dict, data: dict
         "format_version": FORMAT_VERSION,
         "seed": cfg.seed,
         "data_seed": cfg.data.get("seed"),
+        # the precision the run computes in, and, for precision=auto, why
+        "precision": dict(cfg.get("precision_choice") or {"used": str(cfg.trainer.get("precision"))}),
         "git": git,
         "packages": package_versions(),
         "model": model,
