@@ -138,8 +138,13 @@ def check_trainer_values(trainer: Any) -> None:
         )
     precision = str(trainer.get("precision", "32-true"))
     if precision not in PRECISIONS:
+        import os
+
+        source = (
+            " (set by the environment's LORALAB_PRECISION)" if os.environ.get("LORALAB_PRECISION") == precision else ""
+        )
         raise ConfigError(
-            f"trainer.precision={precision} is not a precision Lightning knows: use precision=auto, "
+            f"trainer.precision={precision}{source} is not a precision Lightning knows: use precision=auto, "
             "precision=32-true, precision=bf16-mixed or precision=16-mixed"
         )
 
