@@ -32,6 +32,8 @@ SWITCHES = {
     "loralab data.group_by_length=true": ["data.group_by_length=true"],
     # the output head at every position, as the loop and the Trainer compute it
     "loralab compute.labelled_head=false": ["compute.labelled_head=false"],
+    # one dropout mask per adapter, as peft (and the baselines) draw them
+    "loralab compute.shared_dropout=false": ["compute.shared_dropout=false"],
 }
 
 

@@ -95,7 +95,8 @@ def choose_precision(accelerator: str) -> tuple[str, str]:
 
         if torch.cuda.is_available():
             name = torch.cuda.get_device_name(0)
-            if torch.cuda.is_bf16_supported():
+            # emulated bf16 (pre-Ampere GPUs) is slower than fp32: only native counts
+            if torch.cuda.is_bf16_supported(including_emulation=False):
                 return "bf16-mixed", f"{name} computes bf16 natively"
             return "32-true", f"{name} has no native bf16"
         if accelerator != "auto":

@@ -143,6 +143,14 @@ def _setup(cfg: DictConfig, typed) -> tuple:
         device="cuda" if gpu else "cpu",
     )
     adapter = spec.build(base, typed.variant, task.name, context)
+    if OmegaConf.select(cfg, "compute.shared_dropout", default=False):
+        from loralab.variants.shared_dropout import share_dropout
+
+        shared = share_dropout(adapter.model)
+        if shared:
+            logging.getLogger("loralab").info(
+                "LoRA dropout: %d adapted layers draw one mask per input with their siblings", shared
+            )
     callbacks = [*adapter.callbacks, *callbacks]
     module = LoraModule(
         adapter,

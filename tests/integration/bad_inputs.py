@@ -414,7 +414,7 @@ CASES: list[Case] = [
         "config values",
         T,
         ["trainer.precision=bf17"],
-        "loralab: error: trainer.precision=bf17 is not a precision Lightning knows: use precision=32-true, precision=bf16-mixed or precision=16-mixed",
+        "loralab: error: trainer.precision=bf17 is not a precision Lightning knows: use precision=auto, precision=32-true, precision=bf16-mixed or precision=16-mixed",
     ),
     Case(
         "negative data workers",

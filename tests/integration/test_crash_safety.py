@@ -189,6 +189,10 @@ def test_a_signal_saves_a_checkpoint_and_exits_cleanly(reference, cache, tmp_pat
     again = subprocess.run([sys.executable, "-m", "loralab", *command[1:]], capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert_same(adapter(run_dir), reference)
+    # the curve holds the validations that ran (every 3 steps), not the stop's step stamped on
+    # the figures of the validation before it
+    steps = [v["step"] for v in json.loads((run_dir / "summary.json").read_text())["validations"]]
+    assert steps == [0, 3, 6, 9, 12], steps
 
 
 def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(cache, tmp_path):

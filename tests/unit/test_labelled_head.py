@@ -113,14 +113,21 @@ def test_labelled_loss_never_forms_full_logits(monkeypatch):
     assert sum(shape[0] for shape in rows_seen) == predicted < b["input_ids"].numel()
 
 
-def test_a_soft_capped_head_keeps_its_full_logits(caplog):
-    """Gemma 2 caps its logits after the head: the probe finds the difference, the model keeps
-    its own loss, and the loss is the same whatever compute.labelled_head says."""
+@pytest.mark.parametrize("by", ["flag", "probe"])
+def test_a_soft_capped_head_keeps_its_full_logits(caplog, monkeypatch, by):
+    """Gemma 2 caps its logits after the head: its config flag says so, and where the flag were
+    unknown the probe finds the difference; the model keeps its own loss, and the loss is the
+    same whatever compute.labelled_head says."""
+    from loralab.tasks import causal_lm
+
+    if by == "probe":
+        monkeypatch.setattr(causal_lm, "HEAD_CHANGING_FLAGS", ())
     model = gemma2(cap=0.5)
     model.eval()
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         assert labelled_head(model) is None
-    assert "computes full logits" in caplog.text
+    expected = "final_logit_softcapping=0.5" if by == "flag" else "computes full logits"
+    assert expected in caplog.text
     b = batch()
     with torch.no_grad():
         assert CausalLM().loss(model, b, labelled=True) == CausalLM().loss(model, b, labelled=False)

@@ -58,9 +58,17 @@ class RunSummary(pl.Callback):
         self.after_step: int | None = None
         # every validation's figures with the optimizer steps done: the curves loralab-compare draws
         self.validations: list[dict] = []
+        # the step of the latest validation of this fit (a checkpoint saved at another step, by a
+        # guard or a signal, must not stamp the older figures with its step)
+        self._validated_step: int | None = None
         self.written = False
 
     STATE_KEY = "loralab_run_summary"
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # before the checkpoint callbacks' on_validation_end, which save right after a validation
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._validated_step = trainer.global_step
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
@@ -91,6 +99,8 @@ class RunSummary(pl.Callback):
         # on_validation_end): keep that validation's metrics, so that a run resumed from its
         # last checkpoint still reports them
         current = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if self._validated_step != trainer.global_step:
+            current = {}  # no validation at this step: callback_metrics holds an earlier one's
         validations = list(self.validations)
         if current and (not validations or validations[-1]["step"] != trainer.global_step):
             validations.append({"step": trainer.global_step, **current})

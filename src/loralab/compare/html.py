@@ -91,8 +91,9 @@ def _image(path: Path) -> str:
     return f'<figure><img alt="{name}" src="data:image/png;base64,{data}"><figcaption>{name}</figcaption></figure>'
 
 
-def _sources(sources: list[str]) -> str:
-    """The paths compared: all of them when few, else their common directory and a count."""
+def _sources(sources: list) -> str:
+    """The paths compared (str or Path): all of them when few, else their common directory and a count."""
+    sources = [str(s) for s in sources]
     if len(sources) <= 3:
         return ", ".join(sources)
     import os

@@ -120,6 +120,10 @@ NEUTRAL = {
         "block_tokens": 256,
         "batch_size": 8,
     },
+    # how a step computes, at the values that compute what runs before these switches computed
+    # (full logits, one dropout mask per adapter); a group left empty goes too
+    ("compute", "labelled_head"): False,
+    ("compute", "shared_dropout"): False,
 }
 
 
@@ -157,6 +161,8 @@ def config_hash(cfg: DictConfig | dict) -> str:
         neutral = value if isinstance(value, tuple) else (value,)
         if isinstance(node, dict) and key in node and node[key] in neutral:
             del node[key]
+            if not node:
+                del data[group]
     text = OmegaConf.to_yaml(OmegaConf.create(data), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

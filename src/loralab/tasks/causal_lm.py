@@ -23,6 +23,9 @@ LOGITS_PER_CHUNK = 1 << 25
 # the labelled loss against the model's own, on a probe batch: relative tolerance per compute dtype
 HEAD_CHECK_TOLERANCE = {"float32": 1e-4, "low": 2e-2}
 _HEAD_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# config flags under which a model's loss or logits are more than the head's projection at the
+# labelled positions (soft-capping, scaling, a router's auxiliary loss): full logits, no probe
+HEAD_CHANGING_FLAGS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_router_logits")
 
 
 def head_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
@@ -78,11 +81,21 @@ def labelled_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Mod
     import torch
 
     parts = head_parts(model)
+    config = getattr(model, "config", None)
+    flags = [f for f in HEAD_CHANGING_FLAGS if getattr(config, f, None) not in (None, False, 1, 1.0)]
+    weight = getattr(parts[1], "weight", None) if parts is not None else None
+    if flags or not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        if parts is not None:
+            log.info(
+                "the output head here is not a plain projection (%s): full logits",
+                ", ".join(f"{f}={getattr(config, f)}" for f in flags) or "no 2-d weight",
+            )
+        parts = None
     if parts is not None:
         backbone, head = parts
-        device = head.weight.device
+        device = weight.device
         generator = torch.Generator().manual_seed(0)
-        ids = torch.randint(0, head.weight.shape[0], (2, 12), generator=generator).to(device)
+        ids = torch.randint(0, weight.shape[0], (2, 12), generator=generator).to(device)
         mask = torch.ones_like(ids)
         mask[1, 9:] = 0
         labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
@@ -100,7 +113,7 @@ def labelled_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Mod
         finally:
             for module, mode in modes.items():
                 module.training = mode
-        low = head.weight.dtype != torch.float32 or torch.is_autocast_enabled(device.type)
+        low = weight.dtype != torch.float32 or torch.is_autocast_enabled(device.type)
         tolerance = HEAD_CHECK_TOLERANCE["low" if low else "float32"]
         if mine is None or not torch.isfinite(mine) or abs(mine - full) > tolerance * max(1.0, abs(float(full))):
             if mine is not None:
