@@ -34,6 +34,8 @@ SWITCHES = {
     "loralab compute.labelled_head=false": ["compute.labelled_head=false"],
     # one dropout mask per adapter, as peft (and the baselines) draw them
     "loralab compute.shared_dropout=false": ["compute.shared_dropout=false"],
+    # examples packed into rows of data.max_length, each attending to itself only
+    "loralab data.packing=true": ["data.packing=true"],
 }
 
 

@@ -112,6 +112,12 @@ def _setup(cfg: DictConfig, typed) -> tuple:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     source = instantiate(cfg.model)  # cheap: checks the model's location
     task = source.task_for(typed.data)  # from the data format and the model's config
+    if typed.data.packing and task.name != "causal_lm":
+        from loralab.errors import ConfigError
+
+        raise ConfigError(
+            f"data.packing packs causal LM examples; this run's task is {task.name}: set data.packing=false"
+        )
     spec = get_variant(typed.variant.name)
     spec.check_targets(source.skeleton(task.name), typed.variant, task.name)  # the module tree, no weights
     ckpt = find_checkpoint(cfg.ckpt_path, cfg.resume, run_dir / "checkpoints")
@@ -134,6 +140,10 @@ def _setup(cfg: DictConfig, typed) -> tuple:
     source.check_head(task.name, datamodule.labels)
     base = source.load_model(task.name, datamodule.labels)  # 3. model + variant
     task.check_model(base, source.name)
+    if typed.data.packing:
+        from loralab.data.packing import check_packing
+
+        check_packing(base, source.name)
     gpu = cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto") and torch.cuda.is_available()
     context = BuildContext(
         datamodule=datamodule,
@@ -144,7 +154,7 @@ def _setup(cfg: DictConfig, typed) -> tuple:
     )
     adapter = spec.build(base, typed.variant, task.name, context)
     if OmegaConf.select(cfg, "compute.shared_dropout", default=False):
-        from loralab.variants.shared_dropout import share_dropout
+        from loralab.shared_dropout import share_dropout
 
         shared = share_dropout(adapter.model)
         if shared:

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from loralab.variants.shared_dropout import SharedDropout, share_dropout
+from loralab.shared_dropout import SharedDropout, share_dropout
 
 
 def tiny_lora(dropout: float, targets="all-linear"):

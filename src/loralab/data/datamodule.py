@@ -18,6 +18,7 @@ from loralab.data import formats
 from loralab.data.builtin import generate
 from loralab.data.checks import check_examples, check_local_file, check_not_all_empty
 from loralab.data.formats import FORMATS
+from loralab.data.packing import PackCollator, PackedRows, pack_rows
 from loralab.data.schema import LOCAL_SUFFIXES, DataConfig
 from loralab.errors import DataError
 from loralab.tasks import Task, get_task
@@ -119,6 +120,7 @@ class LoraDataModule(pl.LightningDataModule):
         self.train_set = self.val_set = None
         self.labels: list[str] | None = None
         self.stats: dict = {}
+        self._rows: list[list[int]] | None = None
         self.fingerprint: str | None = None
         self.generation_set: list[dict] = []
         self.val_in_train = 0
@@ -390,6 +392,21 @@ class LoraDataModule(pl.LightningDataModule):
         self.train_set, self.val_set = splits["train"], splits["val"]
         self.test_set = splits.get("test")
         self.stats = stats
+        if self.cfg.packing:
+            rows = self.packed_rows()
+            tokens = stats["train"]["tokens"]
+            stats["train"]["packed"] = {
+                "rows": len(rows),
+                "row_length": self.pack_length,
+                "fill": tokens / (len(rows) * self.pack_length),
+            }
+            log.info(
+                "packing: %d training examples in %d rows of %d tokens (%.0f%% filled)",
+                len(self.train_set),
+                len(rows),
+                self.pack_length,
+                100 * stats["train"]["packed"]["fill"],
+            )
         self.generation_set = self._generation_examples(val)
         if test is not None:  # the test split is scored whole
             self.test_generation_set = self._generation_examples(test, len(test))
@@ -466,9 +483,11 @@ class LoraDataModule(pl.LightningDataModule):
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         lengths = list(self.train_set["length"]) if self.cfg.group_by_length else None
-        sampler = ResumableRandomSampler(
-            len(self.train_set), self.cfg.seed, world, rank, lengths, self.cfg.train_batch_size
-        )
+        dataset, collate = self.train_set.with_format(columns=["input_ids", "labels"]), self.collator()
+        if self.cfg.packing:  # the sampler draws rows
+            dataset = PackedRows(dataset, self.packed_rows())
+            collate = PackCollator(self.tokenizer.pad_token_id, self.pack_length)
+        sampler = ResumableRandomSampler(len(dataset), self.cfg.seed, world, rank, lengths, self.cfg.train_batch_size)
         if trainer is not None:
             sampler.set_epoch(trainer.current_epoch)
             # batches trained this epoch (`processed`: a checkpoint saved at a batch's end, before
@@ -476,14 +495,25 @@ class LoraDataModule(pl.LightningDataModule):
             done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
             sampler.skip = min(done * self.cfg.train_batch_size, len(sampler))
         return DataLoader(
-            self.train_set.with_format(columns=["input_ids", "labels"]),
+            dataset,
             batch_size=self.cfg.train_batch_size,
             sampler=sampler,
             # a generator of its own: creating the iterator must not draw from the global RNG
             generator=torch.Generator().manual_seed(self.cfg.seed),
-            collate_fn=self.collator(),
+            collate_fn=collate,
             num_workers=self.cfg.num_workers,
         )
+
+    @property
+    def pack_length(self) -> int:
+        return self.cfg.pack_length or self.cfg.max_length
+
+    def packed_rows(self) -> list[list[int]]:
+        """The training examples' rows (data.packing), packed once: the same every epoch, drawn
+        in another order."""
+        if self._rows is None:
+            self._rows = pack_rows(list(self.train_set["length"]), self.pack_length)
+        return self._rows
 
     def val_dataloader(self) -> DataLoader:
         """In order. With several processes each rank takes every world_size-th example, none

@@ -65,6 +65,11 @@ class DataConfig:
     # batch examples of similar length (less padding, faster steps); changes which examples share
     # a batch, so it is a switch of its own and off by default
     group_by_length: bool = False
+    # training examples packed into rows of data.pack_length tokens (null: data.max_length), each
+    # with its own positions and attention (causal LMs; the model is checked to keep examples
+    # apart): no padding to compute, more examples per step. data.train_batch_size counts rows
+    packing: bool = False
+    pack_length: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -85,6 +90,16 @@ class DataConfig:
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         check_seed(self.seed, "data.seed")
+        if self.pack_length is not None and self.pack_length < self.max_length:
+            raise ConfigError(
+                f"data.pack_length={self.pack_length} is shorter than data.max_length={self.max_length}: an example "
+                "may not fit a row; set data.pack_length >= data.max_length (or null: data.max_length)"
+            )
+        if self.packing and self.group_by_length:
+            raise ConfigError(
+                "data.packing and data.group_by_length are both set: packing already leaves no padding to group "
+                "away; set data.group_by_length=false"
+            )
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.source == "builtin":

@@ -110,6 +110,8 @@ NEUTRAL = {
     ("data", "num_test"): (0, None),
     ("data", "test_file"): None,
     ("data", "test_split"): None,
+    ("data", "packing"): False,
+    ("data", "pack_length"): None,
     ("callbacks", "test_split"): {"_target_": "loralab.callbacks.TestEvaluation", "checkpoint": "best"},
     # memory is measured, nothing computed changes
     ("callbacks", "memory"): {"_target_": "loralab.callbacks.MemoryProfile"},

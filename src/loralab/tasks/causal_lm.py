@@ -51,7 +51,9 @@ def labelled_loss(
     import torch.nn.functional as F
     from torch.utils.checkpoint import checkpoint
 
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    from loralab.data.packing import model_batch
+
+    inputs = {k: v for k, v in model_batch(batch).items() if k != "labels"}
     hidden = backbone(**inputs, use_cache=False).last_hidden_state
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE_INDEX
@@ -219,6 +221,12 @@ class CausalLM(Task):
     def encode(self, tokenizer: Any, item: Item, max_length: int, label_ids: dict | None) -> dict:
         prompt, completion = chat_text(tokenizer, item)
         return encode_pair(tokenizer, prompt, completion, max_length)
+
+    def forward(self, model: torch.nn.Module, batch: dict, num_items: torch.Tensor | None = None) -> Any:
+        from loralab.data.packing import model_batch
+
+        # a packed batch (data.packing) runs on its position ids, without its attention mask
+        return super().forward(model, model_batch(batch), num_items)
 
     def predicted(self, batch: dict) -> torch.Tensor:
         # the model predicts position t+1 from t: labels shifted by one, IGNORE_INDEX ignored
