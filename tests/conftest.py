@@ -116,3 +116,32 @@ def tiny_runs(tmp_path_factory) -> dict[str, Path]:
         "b": train_process(base, "b", "seed=2", "variant.r=4"),
         "topics": train_process(base, "topics", "data=topics"),  # classification: accuracy, not exact match
     }
+
+
+def tiny_llama(vocab_size: int = 300):
+    """The tiny Llama (2 layers, width 64) as a transformers model, seeded."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = {k: v for k, v in TINY_CONFIG.items() if k != "model_type"}
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, **config))
+
+
+def tiny_gpt2(vocab_size: int = 300):
+    """A GPT-2 of the same size (another family: fused qkv, learned positions, tied head)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=64))
+
+
+def loss_and_grads(model, batch: dict, labelled: bool):
+    """The causal LM training loss of `batch` and the trainable parameters' gradients."""
+    from loralab.tasks.causal_lm import CausalLM
+
+    model.zero_grad()
+    loss = CausalLM().loss(model, batch, labelled=labelled)
+    loss.backward()
+    return loss.detach(), [p.grad.detach().clone() for p in model.parameters() if p.requires_grad]

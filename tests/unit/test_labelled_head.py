@@ -12,25 +12,11 @@ import torch
 from loralab.tasks import causal_lm
 from loralab.tasks.base import IGNORE_INDEX
 from loralab.tasks.causal_lm import CausalLM, labelled_head, labelled_loss
+from tests.conftest import loss_and_grads
+from tests.conftest import tiny_gpt2 as gpt2
+from tests.conftest import tiny_llama as llama
 
 VOCAB = 300
-
-
-def llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from tests.conftest import TINY_CONFIG
-
-    torch.manual_seed(0)
-    config = {k: v for k, v in TINY_CONFIG.items() if k != "model_type"}
-    return LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, **config))
-
-
-def gpt2():
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64))
 
 
 def gemma2(cap: float):
@@ -71,13 +57,6 @@ def batch(seed: int = 0, rows: int = 4, length: int = 20) -> dict:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def losses_and_grads(model, b: dict, labelled: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    model.zero_grad()
-    loss = CausalLM().loss(model, b, labelled=labelled)
-    loss.backward()
-    return loss.detach(), [p.grad.detach().clone() for p in model.parameters() if p.requires_grad]
-
-
 @pytest.mark.parametrize("build", [llama, gpt2], ids=["llama", "gpt2"])
 @pytest.mark.parametrize("chunk", [None, 7], ids=["one-piece", "pieces-of-7"])
 def test_labelled_loss_and_gradients_match_the_full_logits(build, chunk, monkeypatch):
@@ -87,9 +66,9 @@ def test_labelled_loss_and_gradients_match_the_full_logits(build, chunk, monkeyp
     model.eval()  # no dropout: both computations see the same function
     b = batch()
     assert labelled_head(model) is not None
-    full, full_grads = losses_and_grads(model, b, labelled=False)
-    mine, my_grads = losses_and_grads(model, b, labelled=True)
-    reference, ref_grads = losses_and_grads(model.double(), b, labelled=False)
+    full, full_grads = loss_and_grads(model, b, labelled=False)
+    mine, my_grads = loss_and_grads(model, b, labelled=True)
+    reference, ref_grads = loss_and_grads(model.double(), b, labelled=False)
     # float32's own error on this machine bounds the difference
     error = (full.double() - reference).abs().item()
     eps = torch.finfo(torch.float32).eps * reference.abs().item()

@@ -14,6 +14,9 @@ from loralab.data.packing import PackCollator, check_packing, model_batch, pack_
 from loralab.errors import ModelError
 from loralab.tasks.base import IGNORE_INDEX
 from loralab.tasks.causal_lm import CausalLM
+from tests.conftest import loss_and_grads
+from tests.conftest import tiny_gpt2 as gpt2
+from tests.conftest import tiny_llama as llama
 
 VOCAB = 300
 
@@ -41,30 +44,6 @@ def examples(seed: int = 0) -> list[dict]:
         ids = torch.randint(0, VOCAB, (n,), generator=g).tolist()
         out.append({"input_ids": ids, "labels": [IGNORE_INDEX] * prompt + ids[prompt:]})
     return out
-
-
-def llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from tests.conftest import TINY_CONFIG
-
-    torch.manual_seed(0)
-    config = {k: v for k, v in TINY_CONFIG.items() if k != "model_type"}
-    return LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, **config))
-
-
-def gpt2():
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64))
-
-
-def loss_and_grads(model, batch: dict, labelled: bool):
-    model.zero_grad()
-    loss = CausalLM().loss(model, batch, labelled=labelled)
-    loss.backward()
-    return loss.detach(), [p.grad.detach().clone() for p in model.parameters() if p.requires_grad]
 
 
 @pytest.mark.parametrize("labelled", [False, True], ids=["full-logits", "labelled-head"])

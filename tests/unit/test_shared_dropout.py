@@ -15,14 +15,10 @@ from loralab.shared_dropout import SharedDropout, share_dropout
 
 def tiny_lora(dropout: float, targets="all-linear"):
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tests.conftest import TINY_CONFIG
+    from tests.conftest import tiny_llama
 
-    torch.manual_seed(0)
-    config = {k: v for k, v in TINY_CONFIG.items() if k != "model_type"}
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=300, **config))
-    return get_peft_model(model, LoraConfig(r=4, lora_dropout=dropout, target_modules=targets))
+    return get_peft_model(tiny_llama(300), LoraConfig(r=4, lora_dropout=dropout, target_modules=targets))
 
 
 def dropped_inputs(model, ids) -> dict[str, torch.Tensor]:

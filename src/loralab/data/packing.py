@@ -104,34 +104,27 @@ def check_packing(model: torch.nn.Module, name: str) -> None:
     running a sequence in a longer padded batch changes on this machine."""
     import torch
 
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        vocab = model.get_input_embeddings().num_embeddings
-        generator = torch.Generator().manual_seed(0)
-        lengths = (5, 7)
+    from loralab.tasks.causal_lm import probing
+
+    lengths = (5, 7)
+    width = sum(lengths) + 2
+    with probing(model) as (device, vocab, generator), torch.no_grad():
         seqs = [torch.randint(0, vocab, (1, n), generator=generator) for n in lengths]
-        width = sum(lengths) + 2
-        collate = PackCollator(0, width)
-        packed = collate([[{"input_ids": s[0].tolist(), "labels": s[0].tolist()} for s in seqs]])
-        with torch.no_grad():
-            # as training runs it: without a key/value cache (with one, transformers does not
-            # look for packed sequences)
-            alone = [model(input_ids=s.to(device), use_cache=False).logits[0].float() for s in seqs]
-            # the first sequence again, right-padded to the row's width: the machine's own noise
-            padded = torch.zeros((1, width), dtype=torch.long)
-            padded[0, : lengths[0]] = seqs[0][0]
-            mask = (torch.arange(width) < lengths[0]).long()[None]
-            noise_logits = model(input_ids=padded.to(device), attention_mask=mask.to(device), use_cache=False)
-            noise_logits = noise_logits.logits[0].float()
-            inputs = {k: v.to(device) for k, v in model_batch(packed).items() if k != "labels"}
-            out = model(**inputs, use_cache=False).logits[0].float()
-    finally:
-        model.train(was_training)
+        packed = PackCollator(0, width)([[{"input_ids": s[0].tolist(), "labels": s[0].tolist()} for s in seqs]])
+        # as training runs it: without a key/value cache (with one, transformers does not look
+        # for packed sequences)
+        alone = [model(input_ids=s.to(device), use_cache=False).logits[0].float() for s in seqs]
+        # the first sequence again, right-padded to the row's width: the machine's own noise
+        padded = torch.zeros((1, width), dtype=torch.long)
+        padded[0, : lengths[0]] = seqs[0][0]
+        mask = (torch.arange(width) < lengths[0]).long()[None]
+        noise_logits = model(input_ids=padded.to(device), attention_mask=mask.to(device), use_cache=False)
+        noise_logits = noise_logits.logits[0].float()
+        inputs = {k: v.to(device) for k, v in model_batch(packed).items() if k != "labels"}
+        out = model(**inputs, use_cache=False).logits[0].float()
     scale = max(float(a.abs().max()) for a in alone) or 1.0
     noise = float((noise_logits[: lengths[0]] - alone[0]).abs().max()) / scale
-    eps = torch.finfo(alone[0].dtype if alone[0].dtype.is_floating_point else torch.float32).eps
+    eps = torch.finfo(torch.float32).eps  # the logits are compared in float32
     at, moved = 0, 0.0
     for n, a in zip(lengths, alone, strict=True):
         moved = max(moved, float((out[at : at + n] - a).abs().max()) / scale)
@@ -140,5 +133,5 @@ def check_packing(model: torch.nn.Module, name: str) -> None:
         raise ModelError(
             f"model {name} ({type(model).__name__}) lets packed examples attend to each other (packed logits differ "
             f"from the examples' own by {moved:.2g} of their scale): set data.packing=false, or use a model whose "
-            "attention follows position ids (Llama, Qwen, Mistral, Gemma, GPT-2)"
+            "attention follows position ids (Llama, Qwen2, Mistral, Gemma 2, GPT-2, GPT-NeoX, Phi, Falcon)"
         )

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from loralab.errors import ModelError
@@ -174,6 +176,24 @@ def chat_text(tokenizer: Any, item: Item) -> tuple[str, str]:
     return item.prompt, item.answer + (tokenizer.eos_token or "")
 
 
+@contextmanager
+def probing(model: torch.nn.Module) -> Iterator[tuple[torch.device, int, torch.Generator]]:
+    """A model probed in eval mode (no dropout) and put back in its mode after: its device, its
+    vocabulary size and a seeded generator of its own (the global random state is not drawn)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        yield (
+            next(model.parameters()).device,
+            model.get_input_embeddings().num_embeddings,
+            torch.Generator().manual_seed(0),
+        )
+    finally:
+        model.train(was_training)
+
+
 def check_causal(model: torch.nn.Module, name: str) -> None:
     """Refuse a model that sees later tokens as a causal LM: an encoder (BERT, RoBERTa, ...) loads
     as AutoModelForCausalLM with bidirectional attention and would learn to copy the answer it must
@@ -181,19 +201,11 @@ def check_causal(model: torch.nn.Module, name: str) -> None:
     later tokens do, beyond what recomputing the same input changes on this machine."""
     import torch
 
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        vocab = model.get_input_embeddings().num_embeddings
-        generator = torch.Generator().manual_seed(0)
+    with probing(model) as (device, vocab, generator), torch.no_grad():
         ids = torch.randint(0, vocab, (2, 8), generator=generator)
         later = ids.clone()
         later[:, 4:] = (ids[:, 4:] + 1 + torch.randint(0, vocab - 1, (2, 4), generator=generator)) % vocab
-        with torch.no_grad():
-            first = [model(input_ids=x.to(device)).logits[:, :4].float() for x in (ids, ids, later)]
-    finally:
-        model.train(was_training)
+        first = [model(input_ids=x.to(device)).logits[:, :4].float() for x in (ids, ids, later)]
     scale = first[0].abs().max().clamp_min(1e-12)
     noise = ((first[0] - first[1]).abs().max() / scale).item()
     moved = ((first[0] - first[2]).abs().max() / scale).item()
