@@ -141,7 +141,7 @@ def _setup(cfg: DictConfig, typed) -> tuple:
     base = source.load_model(task.name, datamodule.labels)  # 3. model + variant
     task.check_model(base, source.name)
     if typed.data.packing:
-        from loralab.data.packing import check_packing
+        from loralab.tasks.packing import check_packing
 
         check_packing(base, source.name)
     gpu = cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto") and torch.cuda.is_available()

@@ -10,10 +10,10 @@ import random
 import pytest
 import torch
 
-from loralab.data.packing import PackCollator, check_packing, model_batch, pack_rows
 from loralab.errors import ModelError
 from loralab.tasks.base import IGNORE_INDEX
 from loralab.tasks.causal_lm import CausalLM
+from loralab.tasks.packing import PackCollator, check_packing, model_batch, pack_rows
 from tests.conftest import loss_and_grads
 from tests.conftest import tiny_gpt2 as gpt2
 from tests.conftest import tiny_llama as llama

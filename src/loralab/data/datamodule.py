@@ -18,10 +18,10 @@ from loralab.data import formats
 from loralab.data.builtin import generate
 from loralab.data.checks import check_examples, check_local_file, check_not_all_empty
 from loralab.data.formats import FORMATS
-from loralab.data.packing import PackCollator, PackedRows, pack_rows
 from loralab.data.schema import LOCAL_SUFFIXES, DataConfig
 from loralab.errors import DataError
 from loralab.tasks import Task, get_task
+from loralab.tasks.packing import PackCollator, PackedRows, pack_rows
 
 log = logging.getLogger(__name__)
 # a change to the encoding code must not reuse token caches made by the old code

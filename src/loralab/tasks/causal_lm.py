@@ -53,7 +53,7 @@ def labelled_loss(
     import torch.nn.functional as F
     from torch.utils.checkpoint import checkpoint
 
-    from loralab.data.packing import model_batch
+    from loralab.tasks.packing import model_batch
 
     inputs = {k: v for k, v in model_batch(batch).items() if k != "labels"}
     hidden = backbone(**inputs, use_cache=False).last_hidden_state
@@ -235,7 +235,7 @@ class CausalLM(Task):
         return encode_pair(tokenizer, prompt, completion, max_length)
 
     def forward(self, model: torch.nn.Module, batch: dict, num_items: torch.Tensor | None = None) -> Any:
-        from loralab.data.packing import model_batch
+        from loralab.tasks.packing import model_batch
 
         # a packed batch (data.packing) runs on its position ids, without its attention mask
         return super().forward(model, model_batch(batch), num_items)
