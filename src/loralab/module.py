@@ -36,6 +36,7 @@ class LoraModule(pl.LightningModule):
         metrics: list[str] | tuple[str, ...] = ("exact_match",),
         answer_regex: str | None = None,
         labelled_head: bool = False,
+        compile_blocks: bool = False,
     ) -> None:
         super().__init__()
         self.adapter = adapter
@@ -51,6 +52,9 @@ class LoraModule(pl.LightningModule):
         # causal LMs: only the labelled positions through the output head (compute.labelled_head);
         # not under sharded strategies, whose wrapped model must run as a whole
         self.labelled_head = labelled_head
+        # compute.compile: the model's blocks compiled for the training steps (loralab.compiling)
+        self.compile_blocks = compile_blocks
+        self._compiler: Any = None
         # seconds per phase besides the training steps (summary.json `time`)
         self.clock = PhaseClock()
         # how greedy answers are scored (loralab.metrics), each logged as val/<name> and test/<name>
@@ -115,11 +119,30 @@ class LoraModule(pl.LightningModule):
             self.trainer.should_stop = True
 
     # ---- validation --------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        if self.compile_blocks and self._compiler is None:
+            from loralab.compiling import BlockCompiler
+
+            self._compiler = BlockCompiler(self.model)
+            log.info("compute.compile: %d blocks compiled for the training steps", len(self._compiler))
+        if self._compiler is not None:
+            self._compiler.train_mode()
+
+    def on_train_end(self) -> None:
+        # the merge check copies the model, and generation runs it: eager from here on
+        if self._compiler is not None:
+            self._compiler.eager_mode()
+            self._compiler = None
+
     def on_validation_start(self) -> None:
         self.clock.start("validate")
+        if self._compiler is not None:
+            self._compiler.eager_mode()
 
     def on_validation_end(self) -> None:
         self.clock.stop("validate")
+        if self._compiler is not None and self.trainer.training:
+            self._compiler.train_mode()
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums = []

@@ -172,6 +172,7 @@ def _setup(cfg: DictConfig, typed) -> tuple:
         metrics=typed.data.metrics,
         answer_regex=typed.data.answer_regex,
         labelled_head=bool(OmegaConf.select(cfg, "compute.labelled_head", default=False)),
+        compile_blocks=bool(OmegaConf.select(cfg, "compute.compile", default=False)),
     )
 
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)  # 4. fit

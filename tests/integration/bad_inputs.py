@@ -1893,8 +1893,17 @@ def run_interrupted(argv: list[str], run_dir: Path, signame: str) -> tuple[int, 
     import subprocess
     import time
 
+    def interactive() -> None:
+        # as from a terminal: a shell that starts its jobs in the background ignores SIGINT in
+        # them (and Python keeps an inherited SIG_IGN), which Ctrl-C at a terminal never meets
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loralab", *argv[1:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "loralab", *argv[1:]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=interactive,
     )
     deadline = time.monotonic() + 120
     while not (run_dir / ".hydra").is_dir() and proc.poll() is None and time.monotonic() < deadline:
