@@ -118,7 +118,6 @@ class LoraModule(pl.LightningModule):
         if 0 < self.trainer.max_steps <= self.trainer.global_step:
             self.trainer.should_stop = True
 
-    # ---- validation --------------------------------------------------------------------
     def on_train_start(self) -> None:
         if self.compile_blocks and self._compiler is None:
             from loralab.compiling import BlockCompiler
@@ -134,6 +133,7 @@ class LoraModule(pl.LightningModule):
             self._compiler.eager_mode()
             self._compiler = None
 
+    # ---- validation --------------------------------------------------------------------
     def on_validation_start(self) -> None:
         self.clock.start("validate")
         if self._compiler is not None:

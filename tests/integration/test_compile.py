@@ -26,9 +26,12 @@ def test_a_compiled_step_is_the_eager_step(make_cfg, caplog):
     from torch._dynamo.utils import counters
 
     losses = {}
-    for on in (False, True):
+    # a third run, eager with full logits: the same loss by another order of operations, so their
+    # difference is this machine's own float32 rounding of it
+    for on, extra in ((False, []), (True, []), ("rounding", ["compute.labelled_head=false"])):
         counters.clear()
-        cfg = make_cfg(*ONE_STEP, f"compute.compile={str(on).lower()}", run=f"compile-{on}")
+        switch = "true" if on is True else "false"
+        cfg = make_cfg(*ONE_STEP, f"compute.compile={switch}", *extra, run=f"compile-{on}")
         with caplog.at_level(logging.INFO, logger="loralab.module"):
             _, objects = train(cfg)
         model = objects["module"].model
@@ -36,9 +39,10 @@ def test_a_compiled_step_is_the_eager_step(make_cfg, caplog):
         assert summary["status"] == "completed" and summary["merge_passed"]
         losses[on] = summary["final_train_loss"]
         # graphs were compiled (and run) only where asked
-        assert (counters["stats"]["unique_graphs"] > 0) == on
+        assert (counters["stats"]["unique_graphs"] > 0) == (on is True)
         # nothing compiled is left on the model the run returns
         assert all(getattr(m, "_compiled_call_impl", None) is None for m in model.modules())
     assert "compute.compile: 2 blocks compiled for the training steps" in caplog.text
     eager, compiled = losses[False], losses[True]
-    assert abs(compiled - eager) <= 64 * torch.finfo(torch.float32).eps * abs(eager)
+    rounding = abs(losses["rounding"] - eager)
+    assert abs(compiled - eager) <= 8 * rounding + 64 * torch.finfo(torch.float32).eps * abs(eager)
