@@ -34,6 +34,8 @@ SWITCHES = {
     "loralab compute.labelled_head=false": ["compute.labelled_head=false"],
     # one dropout mask per adapter, as peft (and the baselines) draw them
     "loralab compute.shared_dropout=false": ["compute.shared_dropout=false"],
+    # torch's float Bernoulli mask instead of 16-bit integer draws and a masked fill
+    "loralab compute.fast_dropout=false": ["compute.fast_dropout=false"],
     # examples packed into rows of data.max_length, each attending to itself only
     "loralab data.packing=true": ["data.packing=true"],
     # the decoder blocks compiled for the training steps (the compile time falls in the warm-up)

@@ -153,13 +153,18 @@ def _setup(cfg: DictConfig, typed) -> tuple:
         device="cuda" if gpu else "cpu",
     )
     adapter = spec.build(base, typed.variant, task.name, context)
-    if OmegaConf.select(cfg, "compute.shared_dropout", default=False):
-        from loralab.shared_dropout import share_dropout
+    share = bool(OmegaConf.select(cfg, "compute.shared_dropout", default=False))
+    fast = bool(OmegaConf.select(cfg, "compute.fast_dropout", default=False))
+    if share or fast:
+        from loralab.lora_dropout import install_dropout
 
-        shared = share_dropout(adapter.model)
-        if shared:
+        shared, fast_masks = install_dropout(adapter.model, share=share, fast=fast)
+        if shared or fast_masks:
             logging.getLogger("loralab").info(
-                "LoRA dropout: %d adapted layers draw one mask per input with their siblings", shared
+                "LoRA dropout: %d adapted layers share one mask per input with their siblings; %d draw "
+                "16-bit masks on CPU",
+                shared,
+                fast_masks,
             )
     callbacks = [*adapter.callbacks, *callbacks]
     module = LoraModule(

@@ -210,7 +210,7 @@ def test_forgetting_at_its_default_leaves_the_config_hash_as_it_was(tmp_path):
 
 def test_compute_switches_off_leave_the_config_hash_of_runs_before_them(tmp_path):
     """compute.* arrived after runs were recorded: switched off, they compute what those runs
-    computed (full logits, a mask per adapter), so their hash is those runs'; on (the default),
+    computed (full logits, a float mask per adapter), so their hash is those runs'; on (the default),
     the runs differ by float rounding and random draws, so the hash differs."""
     from omegaconf import OmegaConf
 
@@ -218,11 +218,12 @@ def test_compute_switches_off_leave_the_config_hash_of_runs_before_them(tmp_path
     from tests.conftest import compose_config
 
     on = compose_config(["model=tiny"], tmp_path / "run")
-    switches_off = ["compute.labelled_head=false", "compute.shared_dropout=false"]
+    switches_off = ["compute.labelled_head=false", "compute.shared_dropout=false", "compute.fast_dropout=false"]
     off = compose_config(["model=tiny", *switches_off], tmp_path / "run")
     before = OmegaConf.to_container(on, resolve=True)
     del before["compute"]  # the config as runs before the switches composed it
     assert config_hash(off) == config_hash(before)
     assert config_hash(on) != config_hash(before)
     one = compose_config(["model=tiny", "compute.shared_dropout=false"], tmp_path / "run")
-    assert len({config_hash(on), config_hash(one), config_hash(off)}) == 3
+    other = compose_config(["model=tiny", "compute.fast_dropout=false"], tmp_path / "run")
+    assert len({config_hash(on), config_hash(one), config_hash(other), config_hash(off)}) == 4

@@ -54,7 +54,13 @@ def check_finite(value: Any, key: str) -> None:
 
 # on/off switches outside the groups' schemas: true or false, nothing else (Hydra passes `maybe` or
 # `1` through as they are, and Python would read any of them as on)
-SWITCHES = ("validate_before", "compute.labelled_head", "compute.shared_dropout", "compute.compile")
+SWITCHES = (
+    "validate_before",
+    "compute.labelled_head",
+    "compute.shared_dropout",
+    "compute.fast_dropout",
+    "compute.compile",
+)
 
 
 def check_top_level(cfg: Any) -> None:

@@ -126,6 +126,7 @@ NEUTRAL = {
     # (full logits, one dropout mask per adapter); a group left empty goes too
     ("compute", "labelled_head"): False,
     ("compute", "shared_dropout"): False,
+    ("compute", "fast_dropout"): False,
     ("compute", "compile"): False,
 }
 
