@@ -298,10 +298,12 @@ def matmul_peak(dtype_name: str, sizes: tuple[int, ...] = (256, 512, 768, 1024, 
     return best
 
 
-def measure(overrides: list[str], warmup: int, steps: int, repeats: int) -> dict:
-    """Interleaved runs of the three implementations; medians, ratios and utilisation."""
+def measure(overrides: list[str], warmup: int, steps: int, repeats: int, switches: list[str] | None = None) -> dict:
+    """Interleaved runs of the three implementations and the switch lines (all, or `switches`);
+    medians, ratios and utilisation."""
     total = warmup + steps + 1
-    runs: dict[str, list[dict]] = {name: [] for name in (*IMPLEMENTATIONS, *SWITCHES)}
+    lines = [s for s in SWITCHES if switches is None or s in switches]
+    runs: dict[str, list[dict]] = {name: [] for name in (*IMPLEMENTATIONS, *lines)}
     names = list(runs)
     for repeat in range(repeats):
         # each repeat starts with the next implementation, so that none always runs in the same
@@ -335,6 +337,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--switch",
+        action="append",
+        choices=list(SWITCHES),
+        metavar="LINE",
+        help="measure only these switch lines (repeatable; default: all), "
+        "e.g. --switch 'loralab compute.fast_dropout=false'",
+    )
     parser.add_argument("--impl", choices=["loop", "trainer"], help=argparse.SUPPRESS)
     parser.add_argument("--total", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
@@ -346,7 +356,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.impl == "trainer":
         emit(run_trainer(args.overrides, args.total))
         return {}
-    result = measure(args.overrides, args.warmup, args.steps, args.repeats)
+    result = measure(args.overrides, args.warmup, args.steps, args.repeats, args.switch)
     print(format_result(result, args.warmup, args.steps))
     return result
 

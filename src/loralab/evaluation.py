@@ -32,13 +32,21 @@ def greedy_config(model: Any, tokenizer: Any, max_new_tokens: int) -> Generation
 
 @torch.no_grad()
 def greedy_answers(
-    model: Any, task: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, batch_size: int
+    model: Any,
+    task: Any,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    shared_prefix: bool = False,
 ) -> list[str]:
-    """Greedy answers to token-id prompts, in batches, as the task generates them (stripped)."""
+    """Greedy answers to token-id prompts, in batches, as the task generates them (stripped);
+    `shared_prefix`: compute.shared_prefix."""
     config = greedy_config(model, tokenizer, max_new_tokens)
     answers: list[str] = []
     for start in range(0, len(prompts), batch_size):
-        answers += task.generate(model, prompts[start : start + batch_size], tokenizer, config)
+        batch = prompts[start : start + batch_size]
+        answers += task.generate(model, batch, tokenizer, config, shared_prefix=shared_prefix)
     return [a.strip() for a in answers]
 
 

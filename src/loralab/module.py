@@ -37,6 +37,7 @@ class LoraModule(pl.LightningModule):
         answer_regex: str | None = None,
         labelled_head: bool = False,
         compile_blocks: bool = False,
+        shared_prefix: bool = False,
     ) -> None:
         super().__init__()
         self.adapter = adapter
@@ -55,6 +56,8 @@ class LoraModule(pl.LightningModule):
         # compute.compile: the model's blocks compiled for the training steps (loralab.compiling)
         self.compile_blocks = compile_blocks
         self._compiler: Any = None
+        # compute.shared_prefix: the prompts' common first tokens computed once per generation batch
+        self.shared_prefix = shared_prefix
         # seconds per phase besides the training steps (summary.json `time`)
         self.clock = PhaseClock()
         # how greedy answers are scored (loralab.metrics), each logged as val/<name> and test/<name>
@@ -69,6 +72,8 @@ class LoraModule(pl.LightningModule):
         self._val_sums: list[torch.Tensor] = []
         self._warned_sharded = False
         self._global_tokens: int | None = None
+        # the untrained model's figures kept between runs (loralab.before_cache; set by loralab.train)
+        self.before_cache: Any = None
 
     def forward(self, **batch: torch.Tensor) -> Any:
         return self.model(**batch)
@@ -200,7 +205,13 @@ class LoraModule(pl.LightningModule):
     def generate_answers(self, prompts: list[list[int]]) -> list[str]:
         """Greedy answers to token-id prompts, in batches, as the task generates them."""
         return greedy_answers(
-            self.model, self.task, self.tokenizer, prompts, self.max_new_tokens, self.generation_batch_size
+            self.model,
+            self.task,
+            self.tokenizer,
+            prompts,
+            self.max_new_tokens,
+            self.generation_batch_size,
+            self.shared_prefix,
         )
 
     def answer_scores(self, rows: list[dict], names: list[str] | None = None) -> dict[str, float]:

@@ -59,7 +59,11 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     try:
         try:
             if cfg.validate_before and ckpt is None:
-                trainer.validate(module, datamodule=datamodule, verbose=False)
+                # iterating a DataLoader draws its base seed from torch's generator: the validation
+                # before training (measured or read from the cache) leaves the training's random
+                # stream as it found it, so all three train the same adapter
+                with torch.random.fork_rng(devices=[]):
+                    _validate_before(cfg, trainer, module, datamodule, callbacks)
             # the training state is read as data only: no pickled code from a checkpoint runs
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         except SystemExit:
@@ -80,6 +84,39 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         "datamodule": datamodule,
         "callbacks": callbacks,
     }
+
+
+def _validate_before(cfg: DictConfig, trainer, module, datamodule, callbacks: list) -> None:
+    """The validation before training, or its figures kept from a run that measured the same
+    weights on the same data and machine (loralab.before_cache)."""
+    from loralab.before_cache import inputs_digest
+
+    reporter = next((cb for cb in callbacks if isinstance(cb, RunSummary)), None)
+    cache = module.before_cache if reporter is not None else None
+    if cache is not None:
+        val_batches = list(datamodule.val_dataloader())
+        rows = [(r["prompt_ids"], r["reference"]) for r in getattr(datamodule, "generation_set", None) or []]
+        inputs = inputs_digest(
+            module.task.name,
+            val_batches,
+            rows,
+            module.max_new_tokens,
+            module.generation_batch_size,
+            module.metrics,
+            getattr(module.answer_pattern, "pattern", None),
+            module._labelled(),
+            module.shared_prefix,
+        )
+        kept = cache.get("validate", inputs)
+        if kept is not None:
+            metrics = {k: float(v) for k, v in kept["figures"].items()}
+            for lg in trainer.loggers:
+                lg.log_metrics(metrics, step=trainer.global_step)
+            reporter.record_before(trainer, metrics, cached_from=kept.get("measured_by") or "")
+            return
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    if cache is not None and reporter.before:
+        cache.put("validate", inputs, reporter.before)
 
 
 def _stopped_at_once(trainer, callbacks: list) -> Exception:
@@ -178,9 +215,20 @@ def _setup(cfg: DictConfig, typed) -> tuple:
         answer_regex=typed.data.answer_regex,
         labelled_head=bool(OmegaConf.select(cfg, "compute.labelled_head", default=False)),
         compile_blocks=bool(OmegaConf.select(cfg, "compute.compile", default=False)),
+        shared_prefix=bool(OmegaConf.select(cfg, "compute.shared_prefix", default=False)),
     )
 
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)  # 4. fit
+    if cfg.get("cache_before", False) and trainer.world_size == 1:
+        from loralab.before_cache import BeforeCache
+
+        module.before_cache = BeforeCache.for_model(
+            module.model,
+            cfg.paths.cache_dir,
+            str(trainer.precision),
+            trainer.strategy.root_device.type,
+            str(run_dir),
+        )
     # workers train the config rank 0 saved, not a re-composed command line
     adopt_launcher(trainer, run_dir / RESOLVED_CONFIG, run_dir, cfg)
     data_facts = {f"data/{split}_{k}": v for split, st in datamodule.stats.items() for k, v in st.items()}

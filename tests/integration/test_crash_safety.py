@@ -106,6 +106,8 @@ def reference(tmp_path_factory, cache) -> dict[str, torch.Tensor]:
     return adapter(run_dir)
 
 
+# SIGKILL at several moments: a minute of launches; make test keeps SIGTERM, SIGINT and the full disk
+@pytest.mark.matrix
 def test_sigkill_at_several_moments_then_resume_auto_trains_the_same_adapter(reference, cache, tmp_path):
     run_dir = tmp_path / "run"
     ckpts = run_dir / "checkpoints"

@@ -37,6 +37,7 @@ def test_default_model_two_steps(tmp_path):
             "trainer.log_every_n_steps=1",
             "data.num_train=16",
             "data.num_val=8",
+            "data.num_test=8",
             "data.generation_examples=4",
             "data.eval_batch_size=8",
             "callbacks.merge_check.probe_examples=2",

@@ -239,6 +239,7 @@ def test_submitit_local_executor_runs_a_two_job_sweep(tmp_path):
     assert [summary(sweep / str(i))["trainable_params"] for i in (0, 1)] == [4096, 8192]
 
 
+@pytest.mark.matrix  # a second sweeper (make test runs the basic one): make test-matrix
 def test_optuna_sweeper_returns_the_best_val_loss(tmp_path):
     from omegaconf import OmegaConf
 

@@ -218,7 +218,12 @@ def test_compute_switches_off_leave_the_config_hash_of_runs_before_them(tmp_path
     from tests.conftest import compose_config
 
     on = compose_config(["model=tiny"], tmp_path / "run")
-    switches_off = ["compute.labelled_head=false", "compute.shared_dropout=false", "compute.fast_dropout=false"]
+    switches_off = [
+        "compute.labelled_head=false",
+        "compute.shared_dropout=false",
+        "compute.fast_dropout=false",
+        "compute.shared_prefix=false",
+    ]
     off = compose_config(["model=tiny", *switches_off], tmp_path / "run")
     before = OmegaConf.to_container(on, resolve=True)
     del before["compute"]  # the config as runs before the switches composed it

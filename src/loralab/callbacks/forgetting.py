@@ -36,6 +36,8 @@ class Forgetting(SummaryContributor, pl.Callback):
         self.block_tokens = block_tokens
         self.batch_size = batch_size
         self.before: float | None = None
+        # the run whose measure of the same weights was kept (loralab.before_cache), if read
+        self.cached_from: str | None = None
         self.tokens = 0
         self.result: dict = {}
 
@@ -44,12 +46,18 @@ class Forgetting(SummaryContributor, pl.Callback):
         return "loralab_forgetting"
 
     def state_dict(self) -> dict:
-        return {"ce_before": self.before, "tokens": self.tokens, "probe_sha256": self.sha256}
+        return {
+            "ce_before": self.before,
+            "tokens": self.tokens,
+            "probe_sha256": self.sha256,
+            "ce_before_cached_from": self.cached_from,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         # the base's measure from the run's first start, on the same probe
         if state.get("probe_sha256") == self.sha256 and state.get("ce_before") is not None:
             self.before, self.tokens = float(state["ce_before"]), int(state["tokens"])
+            self.cached_from = state.get("ce_before_cached_from")
 
     def _why_not(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str | None:
         if not pl_module.task.models_text:
@@ -84,7 +92,20 @@ class Forgetting(SummaryContributor, pl.Callback):
                 "forgetting is not measured: the checkpoint resumed from was written without the base's measure"
             )
             return
+        cache = getattr(pl_module, "before_cache", None)
+        if cache is not None:
+            from loralab.before_cache import inputs_digest
+
+            blocks = probe_blocks(pl_module.tokenizer, self.text, block_length(pl_module.model, self.block_tokens))
+            inputs = inputs_digest(pl_module.task.name, blocks, self.batch_size)
+            kept = cache.get("forgetting", inputs)
+            if kept is not None:
+                self.before, self.tokens = float(kept["figures"]["ce"]), int(kept["figures"]["tokens"])
+                self.cached_from = kept.get("measured_by") or ""
+                return
         self.before, self.tokens = self._measure(trainer, pl_module)
+        if cache is not None:
+            cache.put("forgetting", inputs, {"ce": self.before, "tokens": self.tokens})
 
     @timed("forgetting")
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -107,6 +128,7 @@ class Forgetting(SummaryContributor, pl.Callback):
                 "probe_sha256": self.sha256,
                 "tokens": self.tokens,
                 "block_tokens": block_length(pl_module.model, self.block_tokens),
+                **({"ce_before_cached_from": self.cached_from} if self.cached_from is not None else {}),
             }
         }
         for logger in trainer.loggers:

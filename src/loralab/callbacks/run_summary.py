@@ -54,6 +54,8 @@ class RunSummary(pl.Callback):
         self.precision_choice: dict = {}
         self.started = time.time()
         self.before: dict = {}
+        # figures before training read from loralab.before_cache: {"validate": the run that measured them}
+        self.before_cached: dict = {}
         self.after: dict = {}
         self.after_step: int | None = None
         # every validation's figures with the optimizer steps done: the curves loralab-compare draws
@@ -73,9 +75,7 @@ class RunSummary(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         if trainer.state.fn == "validate" and not self.after:
-            self.before = metrics
-            self.validations.append({"step": trainer.global_step, **metrics})
-            self._report(trainer, "before training", metrics)
+            self.record_before(trainer, metrics)
         elif trainer.state.fn == "fit" and not trainer.sanity_checking:
             self.after = metrics
             self.after_step = trainer.global_step
@@ -86,6 +86,16 @@ class RunSummary(pl.Callback):
             self._report(
                 trainer, where, {**({"train/loss": float(train_loss)} if train_loss is not None else {}), **metrics}
             )
+
+    def record_before(self, trainer: pl.Trainer, metrics: dict, cached_from: str | None = None) -> None:
+        """The figures before training (measured now, or kept from the run `cached_from`)."""
+        self.before = metrics
+        self.validations.append({"step": trainer.global_step, **metrics})
+        if cached_from is not None:
+            self.before_cached["validate"] = cached_from
+        self._report(
+            trainer, "before training" + (" (kept from an identical model)" if cached_from is not None else ""), metrics
+        )
 
     @staticmethod
     def _report(trainer: pl.Trainer, where: str, metrics: dict) -> None:
@@ -106,6 +116,7 @@ class RunSummary(pl.Callback):
             validations.append({"step": trainer.global_step, **current})
         checkpoint[self.STATE_KEY] = {
             "before": self.before,
+            "before_cached": self.before_cached,
             "after": current or self.after,
             "after_step": trainer.global_step if current else self.after_step,
             "validations": validations,
@@ -114,6 +125,7 @@ class RunSummary(pl.Callback):
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         state = checkpoint.get(self.STATE_KEY) or {}
         self.before = state.get("before") or {}
+        self.before_cached = dict(state.get("before_cached") or {})
         self.after = state.get("after") or {}
         self.after_step = state.get("after_step")
         self.validations = list(state.get("validations") or [])
@@ -132,6 +144,8 @@ class RunSummary(pl.Callback):
             "error": error,
             "global_step": trainer.global_step,
             "before": self.before,
+            # figures before training that were read, not measured: {"validate": the run that measured them}
+            **({"before_cached": self.before_cached} if self.before_cached else {}),
             "after": self.after,
             "after_step": self.after_step,
             "validations": self.validations,

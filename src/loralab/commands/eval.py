@@ -197,9 +197,11 @@ def evaluate_run(
         prompts = [r["prompt_ids"] for r in rows]
         answers: list[str] = []
         step = data_cfg.eval_batch_size
+        # as the run generated (runs from before compute.shared_prefix: each prompt whole)
+        shared_prefix = bool(OmegaConf.select(run.cfg, "compute.shared_prefix", default=False))
         for start in tqdm(range(0, len(prompts), step), desc="generating", disable=not progress, leave=False):
             answers += greedy_answers(
-                model, task, tokenizer, prompts[start : start + step], data_cfg.max_new_tokens, step
+                model, task, tokenizer, prompts[start : start + step], data_cfg.max_new_tokens, step, shared_prefix
             )
         refs = [r["reference"] for r in rows]
         scores = per_answer(answers, refs, list(data_cfg.metrics), pattern)

@@ -56,9 +56,11 @@ def check_finite(value: Any, key: str) -> None:
 # `1` through as they are, and Python would read any of them as on)
 SWITCHES = (
     "validate_before",
+    "cache_before",
     "compute.labelled_head",
     "compute.shared_dropout",
     "compute.fast_dropout",
+    "compute.shared_prefix",
     "compute.compile",
 )
 

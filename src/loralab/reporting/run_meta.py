@@ -99,7 +99,18 @@ def flat_config(cfg: DictConfig) -> dict:
 FORMAT_VERSION = 1
 # keys that say where a run writes or how it is watched, not what it computes
 # (precision_choice: the record of precision=auto, whose outcome trainer.precision holds)
-UNHASHED = ("paths", "logger", "resume", "ckpt_path", "tags", "experiment_name", "objective", "precision_choice")
+# (cache_before: whether the figures before training are read or measured again: the same figures)
+UNHASHED = (
+    "paths",
+    "logger",
+    "resume",
+    "ckpt_path",
+    "tags",
+    "experiment_name",
+    "objective",
+    "precision_choice",
+    "cache_before",
+)
 # keys added after runs were recorded, at the value that computes what those runs computed: left out
 # of the hash there, so that a relaunched sweep still finds its finished jobs and compare still
 # groups them (data.task: null chooses the task those runs had; no test split evaluates nothing)
@@ -127,6 +138,7 @@ NEUTRAL = {
     ("compute", "labelled_head"): False,
     ("compute", "shared_dropout"): False,
     ("compute", "fast_dropout"): False,
+    ("compute", "shared_prefix"): False,
     ("compute", "compile"): False,
 }
 

@@ -171,7 +171,14 @@ class Task:
         return batch["attention_mask"]
 
     def generate(
-        self, model: torch.nn.Module, prompts: list[list[int]], tokenizer: Any, config: Any, streamer: Any = None
+        self,
+        model: torch.nn.Module,
+        prompts: list[list[int]],
+        tokenizer: Any,
+        config: Any,
+        streamer: Any = None,
+        shared_prefix: bool = False,
     ) -> list[str]:
-        """Greedy answers to token-id prompts, decoded without special tokens."""
+        """Greedy answers to token-id prompts, decoded without special tokens (`shared_prefix`: the
+        prompts' common first tokens computed once, where the task can; compute.shared_prefix)."""
         raise NotImplementedError

@@ -217,6 +217,22 @@ def check_causal(model: torch.nn.Module, name: str) -> None:
         )
 
 
+# a shared prefix shorter than this is computed with each prompt (one more forward would not pay)
+MIN_SHARED_PREFIX = 4
+
+
+def common_prefix(prompts: list[list[int]]) -> int:
+    """How many first tokens all prompts share, leaving each at least one of its own (the first
+    answer token is predicted from a prompt's own last position); 0 for fewer than two prompts."""
+    if len(prompts) < 2:
+        return 0
+    first, limit = prompts[0], min(len(p) for p in prompts) - 1
+    for i in range(max(limit, 0)):
+        if any(p[i] != first[i] for p in prompts[1:]):
+            return i
+    return max(limit, 0)
+
+
 class CausalLM(Task):
     name = "causal_lm"
     peft_type = "CAUSAL_LM"
@@ -269,12 +285,42 @@ class CausalLM(Task):
         return {"input_ids": blocks, "attention_mask": torch.ones_like(blocks), "labels": blocks}
 
     def generate(
-        self, model: torch.nn.Module, prompts: list[list[int]], tokenizer: Any, config: Any, streamer: Any = None
+        self,
+        model: torch.nn.Module,
+        prompts: list[list[int]],
+        tokenizer: Any,
+        config: Any,
+        streamer: Any = None,
+        shared_prefix: bool = False,
     ) -> list[str]:
-        """Left-padded prompts; the answer is what follows them."""
+        """Left-padded prompts; the answer is what follows them. `shared_prefix`: the tokens every
+        prompt starts with (a chat template's system turn, an instruction) go through the model once,
+        their key/value cache is copied to each prompt, and each prompt's own tokens follow them after
+        its padding (positions counted from the attention mask: each as if unpadded)."""
         import torch
 
         device = next(model.parameters()).device
+        length = common_prefix(prompts) if shared_prefix and streamer is None else 0
+        if length >= MIN_SHARED_PREFIX:
+            first = model(input_ids=torch.tensor([prompts[0][:length]], device=device), use_cache=True)
+            # transformers names the key/value cache `cache` (earlier 5.x: `past_key_values`)
+            key = "cache" if "cache" in first else "past_key_values"
+            cache = first.get(key)
+            if hasattr(cache, "batch_repeat_interleave"):
+                cache.batch_repeat_interleave(len(prompts))
+                width = max(len(p) for p in prompts) - length
+                ids = torch.full((len(prompts), length + width), tokenizer.pad_token_id, dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                ids[:, :length] = torch.tensor(prompts[0][:length])
+                mask[:, :length] = 1
+                for i, p in enumerate(prompts):
+                    own = p[length:]
+                    ids[i, length + width - len(own) :] = torch.tensor(own)
+                    mask[i, length + width - len(own) :] = 1
+                out = model.generate(
+                    input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config, **{key: cache}
+                )
+                return tokenizer.batch_decode(out[:, length + width :], skip_special_tokens=True)
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)

@@ -114,9 +114,16 @@ class Seq2SeqLM(Task):
         return (batch["labels"] != IGNORE_INDEX).long()
 
     def generate(
-        self, model: torch.nn.Module, prompts: list[list[int]], tokenizer: Any, config: Any, streamer: Any = None
+        self,
+        model: torch.nn.Module,
+        prompts: list[list[int]],
+        tokenizer: Any,
+        config: Any,
+        streamer: Any = None,
+        shared_prefix: bool = False,
     ) -> list[str]:
-        """Right-padded prompts into the encoder; the answer is what the decoder writes."""
+        """Right-padded prompts into the encoder; the answer is what the decoder writes (the encoder
+        reads each prompt whole: `shared_prefix` changes nothing)."""
         batch = self.collate([{"input_ids": p, "labels": [0]} for p in prompts], tokenizer.pad_token_id)
         device = next(model.parameters()).device
         out = model.generate(
