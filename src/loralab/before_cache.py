@@ -132,6 +132,8 @@ def environment(precision: str, device: str) -> dict:
     return {
         "precision": precision,
         "device": device,
+        # another GPU model may round otherwise (TF32, other kernels)
+        "gpu": torch.cuda.get_device_name() if device == "cuda" and torch.cuda.is_available() else None,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "peft": peft.__version__,
