@@ -20,10 +20,10 @@ def summary(run_dir):
     return json.loads((run_dir / SUMMARY_FILE).read_text())
 
 
-def test_a_second_run_reads_what_the_first_measured_and_trains_the_same(tmp_path):
-    first = train_process(tmp_path, "a", "seed=1")
-    # another seed and rank: other A matrices, but B = 0, so the same function before training
-    read = train_process(tmp_path, "b", "seed=2", "variant.r=4")
+def test_a_second_run_reads_what_the_first_measured_and_trains_the_same(tiny_runs, tmp_path):
+    # the session's tiny runs share a cache: "a" (seed 1) measured, then "b" (seed 2, r=4: other
+    # A matrices, but B = 0, so the same function before training) read
+    first, read = tiny_runs["a"], tiny_runs["b"]
     measured = train_process(tmp_path, "c", "seed=2", "variant.r=4", "cache_before=false")
     skipped = train_process(tmp_path, "d", "seed=2", "variant.r=4", "validate_before=false")
     a, b, c, d = summary(first), summary(read), summary(measured), summary(skipped)
@@ -113,6 +113,7 @@ def test_the_cache_keeps_figures_by_inputs_and_tolerates_damage(tmp_path):
     assert cache.get("validate", inputs) is None
 
 
+@pytest.mark.matrix  # two more runs; which adapters are read is checked above: make test-matrix
 @pytest.mark.parametrize("variant", ["dora"])
 def test_a_variant_that_changes_the_model_at_init_measures_every_time(tmp_path, variant):
     train_process(tmp_path, "a", f"variant={variant}")

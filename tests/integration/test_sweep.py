@@ -71,6 +71,7 @@ def default_multirun(tmp_path: Path, *overrides: str) -> subprocess.CompletedPro
     )
 
 
+@pytest.mark.matrix  # a second sweep check (make test runs the grid, its report and relaunch): make test-matrix
 def test_a_sweep_across_variants_is_one_sweep(tmp_path):
     """The README's sweep shape: jobs of different variants have different experiment names, and
     still one directory, one report, one summary and one W&B group."""
