@@ -67,10 +67,15 @@ class Forgetting(SummaryContributor, pl.Callback):
             return f"not measured under {strategy}: its shards are gathered only in Lightning's loops"
         return None
 
-    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[float, int]:
+    def _blocks(self, pl_module: pl.LightningModule) -> list[list[int]]:
+        return probe_blocks(pl_module.tokenizer, self.text, block_length(pl_module.model, self.block_tokens))
+
+    def _measure(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, blocks: list[list[int]] | None = None
+    ) -> tuple[float, int]:
         """(mean cross-entropy per predicted token, predicted tokens), over every process's share."""
         model = pl_module.model
-        blocks = probe_blocks(pl_module.tokenizer, self.text, block_length(model, self.block_tokens))
+        blocks = self._blocks(pl_module) if blocks is None else blocks
         if not blocks:
             raise ConfigError(
                 f"callbacks.forgetting.probe={self.probe!r} is shorter than one block of "
@@ -93,17 +98,18 @@ class Forgetting(SummaryContributor, pl.Callback):
             )
             return
         cache = getattr(pl_module, "before_cache", None)
+        blocks = None
         if cache is not None:
             from loralab.before_cache import inputs_digest
 
-            blocks = probe_blocks(pl_module.tokenizer, self.text, block_length(pl_module.model, self.block_tokens))
+            blocks = self._blocks(pl_module)  # tokenized once: the key, and the measure on a miss
             inputs = inputs_digest(pl_module.task.name, blocks, self.batch_size)
             kept = cache.get("forgetting", inputs)
             if kept is not None:
                 self.before, self.tokens = float(kept["figures"]["ce"]), int(kept["figures"]["tokens"])
                 self.cached_from = kept.get("measured_by") or ""
                 return
-        self.before, self.tokens = self._measure(trainer, pl_module)
+        self.before, self.tokens = self._measure(trainer, pl_module, blocks)
         if cache is not None:
             cache.put("forgetting", inputs, {"ce": self.before, "tokens": self.tokens})
 
