@@ -191,6 +191,13 @@ def _utilisation_text(use: dict, peak32: float, peak16: float, med: dict) -> str
     ]
     for name, mfu in use["mfu"].items():
         lines.append(f"| {name} | {mfu * peak32 / 1e9:.1f} | {mfu:.1%} |")
+    lines += [
+        "",
+        "loralab's lines skip work these model FLOPs count (the output head at unlabelled positions, "
+        "compute.labelled_head; a batch's common first tokens computed once, compute.shared_prefix_train): "
+        "their MFU is the whole rows' FLOPs per second of loralab's time, an effective figure that can pass "
+        "what the hardware did; the loop's and the Trainer's count the FLOPs they compute.",
+    ]
     if "matmul_share" in use:
         lines += [
             "",

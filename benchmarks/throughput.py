@@ -36,6 +36,9 @@ SWITCHES = {
     "loralab compute.shared_dropout=false": ["compute.shared_dropout=false"],
     # torch's float Bernoulli mask instead of 16-bit integer draws and a masked fill
     "loralab compute.fast_dropout=false": ["compute.fast_dropout=false"],
+    # every row whole in the training steps, as the baselines compute them (not the batch's common
+    # first tokens once)
+    "loralab compute.shared_prefix_train=false": ["compute.shared_prefix_train=false"],
     # examples packed into rows of data.max_length, each attending to itself only
     "loralab data.packing=true": ["data.packing=true"],
     # the decoder blocks compiled for the training steps (the compile time falls in the warm-up)

@@ -51,13 +51,16 @@ def greedy_answers(
 
 
 @torch.no_grad()
-def loss_sums(model: Any, task: Any, batches: Iterable[dict], device: Any, labelled: bool = False) -> torch.Tensor:
+def loss_sums(
+    model: Any, task: Any, batches: Iterable[dict], device: Any, labelled: bool = False, shared_prefix: bool = False
+) -> torch.Tensor:
     """[loss x positions, positions, correct] summed over the batches (the model in eval mode);
-    `labelled`: as the run computed its loss (compute.labelled_head)."""
+    `labelled`, `shared_prefix`: as the run computed its loss (compute.labelled_head,
+    compute.shared_prefix)."""
     sums = torch.zeros(3, device=device)
     for batch in batches:
         batch = {k: v.to(device) for k, v in batch.items()}
-        sums += task.loss_sums(model, batch, labelled=labelled)
+        sums += task.loss_sums(model, batch, labelled=labelled, shared_prefix=shared_prefix)
     return sums
 
 

@@ -38,6 +38,7 @@ class LoraModule(pl.LightningModule):
         labelled_head: bool = False,
         compile_blocks: bool = False,
         shared_prefix: bool = False,
+        shared_prefix_train: bool = False,
     ) -> None:
         super().__init__()
         self.adapter = adapter
@@ -57,7 +58,9 @@ class LoraModule(pl.LightningModule):
         self.compile_blocks = compile_blocks
         self._compiler: Any = None
         # compute.shared_prefix: the prompts' common first tokens computed once per generation batch
+        # and per validation / test loss batch; compute.shared_prefix_train: per training batch
         self.shared_prefix = shared_prefix
+        self.shared_prefix_train = shared_prefix_train
         # seconds per phase besides the training steps (summary.json `time`)
         self.clock = PhaseClock()
         # how greedy answers are scored (loralab.metrics), each logged as val/<name> and test/<name>
@@ -85,8 +88,10 @@ class LoraModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         world = self.trainer.world_size
         labelled = self._labelled()
+        # compiled blocks run without a key/value cache: whole rows there
+        prefix = self.shared_prefix_train and labelled and self._compiler is None
         if world == 1 or not self.task.token_loss:
-            loss = self.task.loss(self.model, batch, labelled=labelled)
+            loss = self.task.loss(self.model, batch, labelled=labelled, shared_prefix=prefix)
         else:
             # the mean over every predicted token of the global batch, as one process computes
             # it: each rank divides its token-loss sum by (global tokens / world size), and the
@@ -96,7 +101,7 @@ class LoraModule(pl.LightningModule):
             predicted, seen = self.trainer.strategy.reduce(local, reduce_op="sum")
             self._global_tokens = int(seen)  # throughput is counted over every process
             num_items = (predicted / world).clamp_min(1e-6)
-            loss = self.task.loss(self.model, batch, num_items=num_items, labelled=labelled)
+            loss = self.task.loss(self.model, batch, num_items=num_items, labelled=labelled, shared_prefix=prefix)
         self.log(
             "train/loss",
             loss,
@@ -154,7 +159,9 @@ class LoraModule(pl.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # the model's loss is a mean over `count` positions: the epoch's loss weighs batches by it
-        self._val_sums.append(self.task.loss_sums(self.model, batch, labelled=self._labelled()))
+        self._val_sums.append(
+            self.task.loss_sums(self.model, batch, labelled=self._labelled(), shared_prefix=self.shared_prefix)
+        )
 
     def _labelled(self) -> bool:
         return self.labelled_head and not (self._trainer is not None and sharded_strategy(self.trainer))
@@ -192,7 +199,9 @@ class LoraModule(pl.LightningModule):
         was_training = self.model.training
         self.model.eval()
         try:
-            sums = loss_sums(self.model, self.task, loader, self.device, labelled=self._labelled())
+            sums = loss_sums(
+                self.model, self.task, loader, self.device, labelled=self._labelled(), shared_prefix=self.shared_prefix
+            )
             if self._trainer is not None and self.trainer.world_size > 1:
                 sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
             metrics = split_figures(sums, prefix, self.task)

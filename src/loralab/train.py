@@ -105,7 +105,8 @@ def _validate_before(cfg: DictConfig, trainer, module, datamodule, callbacks: li
             module.metrics,
             getattr(module.answer_pattern, "pattern", None),
             module._labelled(),
-            module.shared_prefix,
+            # generation's and (since the loss's too) the loss's shared prefix
+            ("shared_prefix", module.shared_prefix, "loss"),
         )
         kept = cache.get("validate", inputs)
         if kept is not None:
@@ -216,6 +217,7 @@ def _setup(cfg: DictConfig, typed) -> tuple:
         labelled_head=bool(OmegaConf.select(cfg, "compute.labelled_head", default=False)),
         compile_blocks=bool(OmegaConf.select(cfg, "compute.compile", default=False)),
         shared_prefix=bool(OmegaConf.select(cfg, "compute.shared_prefix", default=False)),
+        shared_prefix_train=bool(OmegaConf.select(cfg, "compute.shared_prefix_train", default=False)),
     )
 
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)  # 4. fit

@@ -223,6 +223,7 @@ def test_compute_switches_off_leave_the_config_hash_of_runs_before_them(tmp_path
         "compute.shared_dropout=false",
         "compute.fast_dropout=false",
         "compute.shared_prefix=false",
+        "compute.shared_prefix_train=false",
     ]
     off = compose_config(["model=tiny", *switches_off], tmp_path / "run")
     before = OmegaConf.to_container(on, resolve=True)

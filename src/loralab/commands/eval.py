@@ -192,16 +192,17 @@ def evaluate_run(
         from omegaconf import OmegaConf
 
         labelled = bool(OmegaConf.select(run.cfg, "compute.labelled_head", default=False))
-        sums = loss_sums(model, task, bar, device, labelled=labelled)
+        # and its prefix (runs from before compute.shared_prefix: each row whole)
+        shared = bool(OmegaConf.select(run.cfg, "compute.shared_prefix", default=False))
+        sums = loss_sums(model, task, bar, device, labelled=labelled, shared_prefix=shared)
         figures = split_figures(sums, split, task)
         prompts = [r["prompt_ids"] for r in rows]
         answers: list[str] = []
         step = data_cfg.eval_batch_size
-        # as the run generated (runs from before compute.shared_prefix: each prompt whole)
-        shared_prefix = bool(OmegaConf.select(run.cfg, "compute.shared_prefix", default=False))
+        # as the run generated
         for start in tqdm(range(0, len(prompts), step), desc="generating", disable=not progress, leave=False):
             answers += greedy_answers(
-                model, task, tokenizer, prompts[start : start + step], data_cfg.max_new_tokens, step, shared_prefix
+                model, task, tokenizer, prompts[start : start + step], data_cfg.max_new_tokens, step, shared
             )
         refs = [r["reference"] for r in rows]
         scores = per_answer(answers, refs, list(data_cfg.metrics), pattern)

@@ -61,6 +61,7 @@ SWITCHES = (
     "compute.shared_dropout",
     "compute.fast_dropout",
     "compute.shared_prefix",
+    "compute.shared_prefix_train",
     "compute.compile",
 )
 

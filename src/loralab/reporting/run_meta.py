@@ -139,6 +139,7 @@ NEUTRAL = {
     ("compute", "shared_dropout"): False,
     ("compute", "fast_dropout"): False,
     ("compute", "shared_prefix"): False,
+    ("compute", "shared_prefix_train"): False,
     ("compute", "compile"): False,
 }
 

@@ -125,13 +125,21 @@ class Task:
         return model(**batch, **NO_CACHE, num_items_in_batch=num_items)
 
     def loss(
-        self, model: torch.nn.Module, batch: dict, num_items: torch.Tensor | None = None, labelled: bool = False
+        self,
+        model: torch.nn.Module,
+        batch: dict,
+        num_items: torch.Tensor | None = None,
+        labelled: bool = False,
+        shared_prefix: bool = False,
     ) -> torch.Tensor:
         """The training loss (`forward`'s). `labelled`: compute only what the loss needs, where
-        the task can (causal LMs: the output head at the labelled positions only)."""
+        the task can (causal LMs: the output head at the labelled positions only); `shared_prefix`:
+        the tokens every row starts with run once, where the task can (causal LMs, with `labelled`)."""
         return self.forward(model, batch, num_items).loss
 
-    def loss_sums(self, model: torch.nn.Module, batch: dict, labelled: bool = False) -> torch.Tensor:
+    def loss_sums(
+        self, model: torch.nn.Module, batch: dict, labelled: bool = False, shared_prefix: bool = False
+    ) -> torch.Tensor:
         """[loss x positions, positions, correct] of one batch, for a split's sums (no gradient)."""
         import torch
 

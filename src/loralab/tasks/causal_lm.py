@@ -25,6 +25,10 @@ LOGITS_PER_CHUNK = 1 << 25
 # the labelled loss against the model's own, on a probe batch: relative tolerance per compute dtype
 HEAD_CHECK_TOLERANCE = {"float32": 1e-4, "low": 2e-2}
 _HEAD_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# a shared prefix shorter than this is computed with each prompt (one more forward would not pay)
+MIN_SHARED_PREFIX = 4
+# models whose loss from a once-computed prefix was checked against their loss over whole rows
+_PREFIX_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # config flags under which a model's loss or logits are more than the head's projection at the
 # labelled positions (soft-capping, scaling, a router's auxiliary loss): full logits, no probe
 HEAD_CHANGING_FLAGS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_router_logits")
@@ -41,14 +45,54 @@ def head_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module
     return backbone, head
 
 
+def shared_prefix_length(batch: dict) -> int:
+    """How many first tokens every row of a right-padded batch shares (unpadded), stopping at the
+    first position whose hidden state the loss reads (it predicts a labelled token): those tokens
+    can go through the model once for the whole batch. 0 below MIN_SHARED_PREFIX, for one row, and
+    for packed batches (their own position ids)."""
+    ids, mask = batch["input_ids"], batch.get("attention_mask")
+    if ids.dim() != 2 or ids.shape[0] < 2 or mask is None or set(batch) - {"input_ids", "attention_mask", "labels"}:
+        return 0
+    same = ((ids == ids[:1]) & (mask == 1)).all(0)
+    length = int(same.int().cumprod(0).sum())
+    if "labels" in batch:
+        needed = (batch["labels"][:, 1:] != IGNORE_INDEX).any(0)
+        if bool(needed.any()):
+            length = min(length, int(needed.int().argmax()))
+    return length if length >= MIN_SHARED_PREFIX else 0
+
+
+def _cache_key(output: Any) -> str:
+    # transformers names the key/value cache `cache` (earlier 5.x: `past_key_values`)
+    return "cache" if "cache" in output else "past_key_values"
+
+
+def prefix_states(backbone: torch.nn.Module, inputs: dict, length: int) -> torch.Tensor:
+    """The decoder stack's last hidden states at positions `length` onwards, with the first
+    `length` tokens (the same in every row) run once as a one-row batch whose key/value cache is
+    repeated to every row. Differentiable: each row's gradient reaches the shared prefix, summed."""
+    ids = inputs["input_ids"]
+    first = backbone(input_ids=ids[:1, :length], use_cache=True)
+    key = _cache_key(first)
+    cache = first[key]
+    cache.batch_repeat_interleave(ids.shape[0])
+    rest = backbone(input_ids=ids[:, length:], attention_mask=inputs["attention_mask"], use_cache=True, **{key: cache})
+    return rest.last_hidden_state
+
+
 def labelled_loss(
-    backbone: torch.nn.Module, head: torch.nn.Module, batch: dict, num_items: torch.Tensor | None = None
+    backbone: torch.nn.Module,
+    head: torch.nn.Module,
+    batch: dict,
+    num_items: torch.Tensor | None = None,
+    prefix: int = 0,
 ) -> torch.Tensor:
     """The causal LM loss with only the labelled positions through the output head: the hidden
     states that predict a labelled token are gathered, projected in pieces of at most
     LOGITS_PER_CHUNK logits (each recomputed in the backward pass when there are several), and
     their cross-entropy summed; the mean over them (or the sum / `num_items`), as the model's own
-    loss, without ever holding [batch, sequence, vocabulary] logits."""
+    loss, without ever holding [batch, sequence, vocabulary] logits. `prefix` > 0: the batch's
+    first `prefix` tokens (shared_prefix_length) run once for every row (prefix_states)."""
     import torch
     import torch.nn.functional as F
     from torch.utils.checkpoint import checkpoint
@@ -56,8 +100,11 @@ def labelled_loss(
     from loralab.tasks.packing import model_batch
 
     inputs = {k: v for k, v in model_batch(batch).items() if k != "labels"}
-    hidden = backbone(**inputs, use_cache=False).last_hidden_state
-    labels = batch["labels"][:, 1:]
+    if prefix > 0:
+        hidden = prefix_states(backbone, inputs, prefix)
+    else:
+        hidden = backbone(**inputs, use_cache=False).last_hidden_state
+    labels = batch["labels"][:, 1 + prefix :]
     keep = labels != IGNORE_INDEX
     states, targets = hidden[:, :-1][keep], labels[keep]
 
@@ -72,7 +119,8 @@ def labelled_loss(
         for start in range(0, states.shape[0], step):
             h, y = states[start : start + step], targets[start : start + step]
             total = total + (checkpoint(piece, h, y, use_reentrant=False) if torch.is_grad_enabled() else piece(h, y))
-    return total / (num_items if num_items is not None else keep.sum())
+    count = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+    return total / (num_items if num_items is not None else count)
 
 
 def labelled_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
@@ -132,6 +180,59 @@ def labelled_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Mod
     return parts
 
 
+def prefix_shares(model: torch.nn.Module, parts: tuple[torch.nn.Module, torch.nn.Module]) -> bool:
+    """Whether the labelled loss with a batch's common prefix run once (prefix_states) is this
+    model's labelled loss over whole rows. Measured once per model, not looked up, as labelled_head
+    is: on a probe batch in eval mode whose rows share their first tokens, one row padded, to the
+    compute dtype's rounding. A model whose cache cannot be repeated per row, or whose positions
+    do not continue from the cache, fails it and computes each row whole. False while the model
+    recomputes its blocks in the backward pass (gradient checkpointing re-runs the cache's update)."""
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # transformers 5.x renamed is_gradient_checkpointing (deprecated) to is_activation_checkpointing
+    flag = "is_activation_checkpointing"
+    if getattr(hf, flag if hasattr(type(hf), flag) else "is_gradient_checkpointing", False):
+        return False
+    if model in _PREFIX_CHECKED:
+        return _PREFIX_CHECKED[model]
+    import torch
+
+    backbone, head = parts
+    with probing(model) as (device, vocab, generator):
+        ids = torch.randint(0, vocab, (3, 14), generator=generator).to(device)
+        ids[:, :7] = ids[0, :7]
+        mask = torch.ones_like(ids)
+        mask[2, 11:] = 0
+        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+        labels[:, :9] = IGNORE_INDEX
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        length = shared_prefix_length(batch)
+        try:
+            with torch.no_grad():
+                whole = labelled_loss(backbone, head, batch).float()
+                shared = labelled_loss(backbone, head, batch, prefix=length).float()
+        except Exception as exc:  # noqa: BLE001 - a model whose cache cannot be shared computes rows whole
+            log.info("a shared prefix does not run on this model (%s): each row whole", exc)
+            whole = shared = None
+    weight = head.weight
+    low = weight.dtype != torch.float32 or torch.is_autocast_enabled(weight.device.type)
+    tolerance = HEAD_CHECK_TOLERANCE["low" if low else "float32"]
+    ok = bool(
+        length == 7
+        and shared is not None
+        and torch.isfinite(shared)
+        and abs(shared - whole) <= tolerance * max(1.0, abs(float(whole)))
+    )
+    if shared is not None and not ok:
+        log.warning(
+            "the loss with the shared prefix computed once is %.6g where each row whole gives %.6g: this model "
+            "computes each row whole (compute.shared_prefix has no effect on its loss)",
+            float(shared),
+            float(whole),
+        )
+    _PREFIX_CHECKED[model] = ok
+    return ok
+
+
 def split_chat(tokenizer: Any, prompt_messages: list[dict], answer: str) -> tuple[str, str]:
     """Prompt text (with the generation prompt) and the completion text the template appends."""
     prompt_text = tokenizer.apply_chat_template(prompt_messages, add_generation_prompt=True, tokenize=False)
@@ -178,11 +279,12 @@ def chat_text(tokenizer: Any, item: Item) -> tuple[str, str]:
 
 @contextmanager
 def probing(model: torch.nn.Module) -> Iterator[tuple[torch.device, int, torch.Generator]]:
-    """A model probed in eval mode (no dropout) and put back in its mode after: its device, its
-    vocabulary size and a seeded generator of its own (the global random state is not drawn)."""
+    """A model probed in eval mode (no dropout) and each module put back in its mode after (a
+    submodule kept in eval mode stays so): its device, its vocabulary size and a seeded generator of
+    its own (the global random state is not drawn)."""
     import torch
 
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
         yield (
@@ -191,7 +293,8 @@ def probing(model: torch.nn.Module) -> Iterator[tuple[torch.device, int, torch.G
             torch.Generator().manual_seed(0),
         )
     finally:
-        model.train(was_training)
+        for module, mode in modes.items():
+            module.training = mode
 
 
 def check_causal(model: torch.nn.Module, name: str) -> None:
@@ -215,10 +318,6 @@ def check_causal(model: torch.nn.Module, name: str) -> None:
             "changes the logits of earlier ones): as a causal LM it would learn from the answer it must predict; "
             "train it on a classification task (data.format=classification), or use a decoder model"
         )
-
-
-# a shared prefix shorter than this is computed with each prompt (one more forward would not pay)
-MIN_SHARED_PREFIX = 4
 
 
 def common_prefix(prompts: list[list[int]]) -> int:
@@ -261,22 +360,38 @@ class CausalLM(Task):
         return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
 
     def loss(
-        self, model: torch.nn.Module, batch: dict, num_items: torch.Tensor | None = None, labelled: bool = False
+        self,
+        model: torch.nn.Module,
+        batch: dict,
+        num_items: torch.Tensor | None = None,
+        labelled: bool = False,
+        shared_prefix: bool = False,
     ) -> torch.Tensor:
         parts = labelled_head(model) if labelled else None
         if parts is None:
             return self.forward(model, batch, num_items).loss
-        return labelled_loss(*parts, batch, num_items)
+        return labelled_loss(*parts, batch, num_items, prefix=self._prefix(model, parts, batch, shared_prefix))
 
-    def loss_sums(self, model: torch.nn.Module, batch: dict, labelled: bool = False) -> torch.Tensor:
+    def loss_sums(
+        self, model: torch.nn.Module, batch: dict, labelled: bool = False, shared_prefix: bool = False
+    ) -> torch.Tensor:
         import torch
 
         parts = labelled_head(model) if labelled else None
         if parts is None:
             return super().loss_sums(model, batch)
         count = self.predicted(batch).float()
-        loss = labelled_loss(*parts, batch).detach().float()
+        prefix = self._prefix(model, parts, batch, shared_prefix)
+        loss = labelled_loss(*parts, batch, prefix=prefix).detach().float()
         return torch.stack([loss * count, count, torch.zeros_like(count)])
+
+    @staticmethod
+    def _prefix(model: torch.nn.Module, parts: tuple, batch: dict, shared_prefix: bool) -> int:
+        """The batch's first tokens to run once (compute.shared_prefix, with the labelled loss)."""
+        if not shared_prefix:
+            return 0
+        length = shared_prefix_length(batch)
+        return length if length and prefix_shares(model, parts) else 0
 
     def probe_batch(self, blocks: torch.Tensor) -> dict:
         # every token predicted from the ones before it
@@ -303,8 +418,7 @@ class CausalLM(Task):
         length = common_prefix(prompts) if shared_prefix and streamer is None else 0
         if length >= MIN_SHARED_PREFIX:
             first = model(input_ids=torch.tensor([prompts[0][:length]], device=device), use_cache=True)
-            # transformers names the key/value cache `cache` (earlier 5.x: `past_key_values`)
-            key = "cache" if "cache" in first else "past_key_values"
+            key = _cache_key(first)
             cache = first.get(key)
             if hasattr(cache, "batch_repeat_interleave"):
                 cache.batch_repeat_interleave(len(prompts))
