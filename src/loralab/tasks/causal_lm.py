@@ -123,6 +123,18 @@ def labelled_loss(
     return total / (num_items if num_items is not None else count)
 
 
+def agrees(mine: torch.Tensor, reference: torch.Tensor, weight: torch.Tensor) -> bool:
+    """A probe's loss computed another way is finite and within the compute dtype's rounding of the
+    reference (HEAD_CHECK_TOLERANCE, relative; low precision under autocast or non-fp32 weights)."""
+    import torch
+
+    low = weight.dtype != torch.float32 or torch.is_autocast_enabled(weight.device.type)
+    tolerance = HEAD_CHECK_TOLERANCE["low" if low else "float32"]
+    return bool(torch.isfinite(mine)) and abs(float(mine) - float(reference)) <= tolerance * max(
+        1.0, abs(float(reference))
+    )
+
+
 def labelled_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     """The model's (decoder stack, head) when the labelled loss is its own loss, else None.
     Measured once per model, not looked up: on a probe batch in eval mode (no dropout, no random
@@ -165,9 +177,7 @@ def labelled_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Mod
         finally:
             for module, mode in modes.items():
                 module.training = mode
-        low = weight.dtype != torch.float32 or torch.is_autocast_enabled(device.type)
-        tolerance = HEAD_CHECK_TOLERANCE["low" if low else "float32"]
-        if mine is None or not torch.isfinite(mine) or abs(mine - full) > tolerance * max(1.0, abs(float(full))):
+        if mine is None or not agrees(mine, full, weight):
             if mine is not None:
                 log.warning(
                     "the output head at labelled positions gives loss %.6g where the model gives %.6g: this model "
@@ -213,15 +223,7 @@ def prefix_shares(model: torch.nn.Module, parts: tuple[torch.nn.Module, torch.nn
         except Exception as exc:  # noqa: BLE001 - a model whose cache cannot be shared computes rows whole
             log.info("a shared prefix does not run on this model (%s): each row whole", exc)
             whole = shared = None
-    weight = head.weight
-    low = weight.dtype != torch.float32 or torch.is_autocast_enabled(weight.device.type)
-    tolerance = HEAD_CHECK_TOLERANCE["low" if low else "float32"]
-    ok = bool(
-        length == 7
-        and shared is not None
-        and torch.isfinite(shared)
-        and abs(shared - whole) <= tolerance * max(1.0, abs(float(whole)))
-    )
+    ok = length == 7 and shared is not None and agrees(shared, whole, head.weight)
     if shared is not None and not ok:
         log.warning(
             "the loss with the shared prefix computed once is %.6g where each row whole gives %.6g: this model "
