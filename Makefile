@@ -8,6 +8,14 @@ STAMP := $(VENV)/.loralab-installed
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
+# make test and make test-matrix run pytest-xdist workers, one per core (at most 4), each taking a
+# test file at a time (conftest.py orders the longest first) with torch on its share of the cores;
+# TEST_WORKERS=0 runs every test in one process, on every core
+NPROC := $(shell nproc 2>/dev/null || echo 1)
+TEST_WORKERS ?= $(shell n=$(NPROC); echo $$(( n < 4 ? n : 4 )))
+TEST_THREADS := $(shell w=$(TEST_WORKERS); t=$$(( $(NPROC) / (w > 0 ? w : 1) )); echo $$(( t > 0 ? t : 1 )))
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+TEST_ENV := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(TEST_THREADS)}
 
 .PHONY: help install install-browser train test test-matrix test-browser test-all lint format bench clean
 
@@ -33,11 +41,11 @@ train: $(STAMP)  ## run the default experiment (SmolLM2-135M, dates task, LoRA)
 
 test: $(STAMP)  ## run the test suite (CPU; includes one smoke test of the real model)
 	@# pytest's exit code 5 means it collected no test: that is a failure, not a pass
-	$(BIN)/python -m pytest -m "not gpu and not matrix and not browser" $(PYTEST_ARGS); rc=$$?; \
+	$(TEST_ENV) $(BIN)/python -m pytest -m "not gpu and not matrix and not browser" $(XDIST) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 test-matrix: $(STAMP)  ## the rest of the architecture x variant matrix and second checks (launchers, Ctrl-C, DDP resume, ...) (~9 min; .ci/run runs it after make test)
-	$(BIN)/python -m pytest -m matrix $(PYTEST_ARGS); rc=$$?; \
+	$(TEST_ENV) $(BIN)/python -m pytest -m matrix $(XDIST) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-matrix: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # a headless Chromium for compare.html's test (Debian's package: ~90 MB, needs root or sudo); kept

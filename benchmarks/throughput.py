@@ -8,8 +8,9 @@ them alike, and the medians are compared. Throughput is
 real (unpadded) tokens over the time from the start of step `warmup` to the start of step
 `warmup + steps`: everything between two steps (logging, callbacks, the data loader) counts.
 
-python -m benchmarks.throughput                     # default model and task
+python -m benchmarks.throughput                     # default model and task, fp32, CPU
 python -m benchmarks.throughput model=tiny data=word_sort --steps 5 --repeats 1
+python -m benchmarks.throughput --precision bf16-mixed --device cuda   # the three in bf16 on a GPU
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from typing import Any
 from benchmarks.common import compose, emit, median, run_child
 
 IMPLEMENTATIONS = ("loralab", "loop", "trainer")
+PRECISIONS = ("32-true", "bf16-mixed")
+DEVICES = ("cpu", "cuda")
 # loralab's own speed switches, measured beside the default (they change which examples share a
 # batch, so they are not compared batch for batch with the baselines)
 SWITCHES = {
@@ -106,15 +109,24 @@ def _counts(model: Any) -> dict:
     }
 
 
-def run_loop(overrides: list[str], total: int, profile: bool, autocast: str | None) -> dict:
-    """The minimal hand-written loop: forward, backward, clip, AdamW, cosine schedule. Its forward
+def _sync(device: str) -> None:
+    """Wait for the device's queued work, so that a step's start time is when the last one ended."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def run_loop(overrides: list[str], total: int, profile: bool, precision: str = "32-true", device: str = "cpu") -> dict:
+    """The minimal hand-written loop: forward, backward, clip, AdamW, cosine schedule; under bf16
+    autocast over fp32 weights for bf16-mixed, as Lightning and the Trainer compute it. Its forward
     builds no key/value cache (`use_cache=False`), as the Trainer's and loralab's do: the stricter
     baseline, since a cache nothing reads only costs time."""
     import torch
     from transformers import DataCollatorForSeq2Seq, get_cosine_schedule_with_warmup
 
     cfg, tokenizer, rows, model, order = _prepared(overrides)
-    model = _peft_model(model, cfg.variant)
+    model = _peft_model(model, cfg.variant).to(device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay)
@@ -125,7 +137,8 @@ def run_loop(overrides: list[str], total: int, profile: bool, autocast: str | No
     starts, wall, tokens, padded = [], [], [], []
 
     def step(batch: dict) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast == "bf16"):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
             loss = model(**batch, use_cache=False).loss
         loss.backward()
         if clip:
@@ -136,12 +149,14 @@ def run_loop(overrides: list[str], total: int, profile: bool, autocast: str | No
 
     batches = iter(loader)
     for _ in range(total):
+        _sync(device)
         starts.append(time.perf_counter())
         wall.append(time.time())
         batch = next(batches)
         tokens.append(int(batch["attention_mask"].sum()))
         padded.append(batch["attention_mask"].numel())
         step(batch)
+    _sync(device)
     starts.append(time.perf_counter())
     result = {
         "starts": starts,
@@ -152,22 +167,32 @@ def run_loop(overrides: list[str], total: int, profile: bool, autocast: str | No
     }
     result.update(_counts(model))
     if profile:
-        result["profile"] = _profile(step, [next(batches) for _ in range(2)])
+        result["profile"] = _profile(step, [next(batches) for _ in range(2)], device)
     return result
 
 
-def _profile(step: Any, batches: list[dict]) -> dict:
-    """Where a step's time goes: matrix products (mm, addmm, bmm, attention) against the rest."""
+def _profile(step: Any, batches: list[dict], device: str = "cpu") -> dict:
+    """Where a step's time goes: matrix products (mm, addmm, bmm, attention) against the rest (on a
+    GPU, the time its kernels ran)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
         for batch in batches:
             step(batch)
+        _sync(device)
     matmul = other = 0.0
     top: list[tuple[str, float]] = []
+    attention = (
+        "aten::_scaled_dot_product_flash_attention_for_cpu",
+        "aten::_scaled_dot_product_flash_attention",
+        "aten::_scaled_dot_product_efficient_attention",
+        "aten::_scaled_dot_product_cudnn_attention",
+    )
     for event in prof.key_averages():
-        seconds = event.self_cpu_time_total / 1e6
-        if event.key in ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu"):
+        own = event.self_device_time_total if device == "cuda" else event.self_cpu_time_total
+        seconds = own / 1e6
+        if event.key in ("aten::mm", "aten::addmm", "aten::bmm", *attention):
             matmul += seconds
         else:
             other += seconds
@@ -181,8 +206,9 @@ def _profile(step: Any, batches: list[dict]) -> dict:
     }
 
 
-def run_trainer(overrides: list[str], total: int) -> dict:
-    """transformers' Trainer + peft, same order, padding, clipping, rate, logging interval."""
+def run_trainer(overrides: list[str], total: int, precision: str = "32-true", device: str = "cpu") -> dict:
+    """transformers' Trainer + peft, same order, padding, clipping, rate, logging interval and
+    precision (its bf16=True: autocast over fp32 weights, on the CPU too)."""
     import torch
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
@@ -193,10 +219,12 @@ def run_trainer(overrides: list[str], total: int) -> dict:
 
     class Timer(TrainerCallback):
         def on_step_begin(self, *args: Any, **kwargs: Any) -> None:
+            _sync(device)
             starts.append(time.perf_counter())
             wall.append(time.time())
 
         def on_train_end(self, *args: Any, **kwargs: Any) -> None:
+            _sync(device)
             starts.append(time.perf_counter())
 
     class SameOrderTrainer(Trainer):
@@ -215,7 +243,8 @@ def run_trainer(overrides: list[str], total: int) -> dict:
         logging_steps=cfg.trainer.log_every_n_steps,
         save_strategy="no",
         report_to="none",
-        use_cpu=True,
+        use_cpu=device == "cpu",
+        bf16=precision == "bf16-mixed",
         dataloader_num_workers=0,
         remove_unused_columns=False,
         seed=cfg.seed,
@@ -230,17 +259,17 @@ def run_trainer(overrides: list[str], total: int) -> dict:
     return {"starts": starts, "wall": wall, "tokens": tokens, **_counts(model)}
 
 
-def run_loralab(overrides: list[str], total: int) -> dict:
+def run_loralab(overrides: list[str], total: int, precision: str = "32-true", device: str = "cpu") -> dict:
     """`loralab-train` itself, as users run it (default callbacks and loggers), with a step timer
-    added and validation moved past the measured steps."""
+    added and validation moved past the measured steps; at the baselines' precision, not the
+    presets' auto, on one GPU (trainer=gpu) for device cuda."""
     work = Path(tempfile.mkdtemp(prefix="loralab-bench-run-"))
     out = work / "steps.json"
-    # the baselines' precision (fp32 unless the overrides say), not the presets' auto
-    asked = any(o.split("=", 1)[0].lstrip("+~") in ("precision", "trainer.precision") for o in overrides)
     args = [
         "-m",
         "loralab",
-        *([] if asked else ["precision=32-true"]),
+        *(["trainer=gpu"] if device == "cuda" else []),
+        f"precision={precision}",
         *overrides,
         f"trainer.max_steps={total}",
         f"trainer.val_check_interval={total}",
@@ -281,29 +310,46 @@ def flops_per_token(counts: dict, width: float) -> float:
     )
 
 
-def matmul_peak(dtype_name: str, sizes: tuple[int, ...] = (256, 512, 768, 1024, 2048), repeats: int = 3) -> float:
+def matmul_peak(
+    dtype_name: str, sizes: tuple[int, ...] = (256, 512, 768, 1024, 2048), repeats: int = 3, device: str = "cpu"
+) -> float:
     """This machine's matrix-product rate (FLOP/s): the best, over square sizes, of the product a
-    linear layer computes (`F.linear`, which models call; bf16 takes another kernel than `mm`)."""
+    linear layer computes (`F.linear`, which models call; bf16 takes another kernel than `mm`). On a
+    GPU, sizes up to 8192 and each timing waits for the kernel (fp32 there may use TF32 tensor cores
+    only where torch allows it; the models then run under the same setting)."""
     import torch
 
+    if device == "cuda":
+        sizes = tuple(sorted({*sizes, 4096, 8192}))
     dtype = getattr(torch, dtype_name)
     best = 0.0
     for size in sizes:
-        a = torch.randn(size, size, dtype=dtype)
-        w = torch.randn(size, size, dtype=dtype)
+        a = torch.randn(size, size, dtype=dtype, device=device)
+        w = torch.randn(size, size, dtype=dtype, device=device)
         torch.nn.functional.linear(a, w)
         seconds = float("inf")
         for _ in range(repeats):
+            _sync(device)
             started = time.perf_counter()
             torch.nn.functional.linear(a, w)
+            _sync(device)
             seconds = min(seconds, time.perf_counter() - started)
         best = max(best, 2 * size**3 / seconds)
     return best
 
 
-def measure(overrides: list[str], warmup: int, steps: int, repeats: int, switches: list[str] | None = None) -> dict:
-    """Interleaved runs of the three implementations and the switch lines (all, or `switches`);
-    medians, ratios and utilisation."""
+def measure(
+    overrides: list[str],
+    warmup: int,
+    steps: int,
+    repeats: int,
+    switches: list[str] | None = None,
+    precision: str = "32-true",
+    device: str = "cpu",
+) -> dict:
+    """Interleaved runs of the three implementations and the switch lines (all, or `switches`), all
+    at `precision` on `device`; medians, ratios and utilisation."""
+    check_overrides(overrides)
     total = warmup + steps + 1
     lines = [s for s in SWITCHES if switches is None or s in switches]
     runs: dict[str, list[dict]] = {name: [] for name in (*IMPLEMENTATIONS, *lines)}
@@ -313,13 +359,14 @@ def measure(overrides: list[str], warmup: int, steps: int, repeats: int, switche
         # place of the cycle (after the same neighbour, at the same point of a noisy minute)
         for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
             if name in SWITCHES:
-                run = run_loralab([*overrides, *SWITCHES[name]], total)
+                run = run_loralab([*overrides, *SWITCHES[name]], total, precision, device)
             elif name == "loralab":
-                run = run_loralab(overrides, total)
+                run = run_loralab(overrides, total, precision, device)
             else:
                 extra = ["--profile"] if name == "loop" and repeat == 0 else []
+                where = ["--precision", precision, "--device", device]
                 run = run_child(
-                    ["-m", "benchmarks.throughput", "--impl", name, "--total", str(total), *extra, *overrides]
+                    ["-m", "benchmarks.throughput", "--impl", name, "--total", str(total), *where, *extra, *overrides]
                 )
             runs[name].append(run)
             print(f"  {name} run {repeat + 1}: {tokens_per_second(run, warmup, steps):.1f} tokens/s", file=sys.stderr)
@@ -330,7 +377,32 @@ def measure(overrides: list[str], warmup: int, steps: int, repeats: int, switche
             raise RuntimeError(f"{name} trained on other batches than the loop: tokens per step {got} vs {reference}")
     rates = {name: [tokens_per_second(r, warmup, steps) for r in rs] for name, rs in runs.items()}
     counts = {k: runs["loop"][0][k] for k in ("linear_params", "adapter_params", "layers", "hidden")}
-    return {"runs": runs, "rates": rates, "counts": counts, "profile": runs["loop"][0].get("profile")}
+    return {
+        "runs": runs,
+        "rates": rates,
+        "counts": counts,
+        "profile": runs["loop"][0].get("profile"),
+        "precision": precision,
+        "device": device,
+    }
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """The precision and the device are the benchmark's own options, which all three implementations
+    follow: refuse them as config overrides, which the baselines would not see."""
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in ("precision", "trainer.precision"):
+            choices = ", ".join(PRECISIONS)
+            raise SystemExit(
+                f"benchmarks: {override!r}: set the precision with --precision (one of {choices}), "
+                "which the loop and the Trainer follow too"
+            )
+        if key in ("trainer", "trainer.accelerator"):
+            raise SystemExit(
+                f"benchmarks: {override!r}: set the device with --device (one of {', '.join(DEVICES)}), "
+                "which the loop and the Trainer follow too"
+            )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -348,20 +420,35 @@ def main(argv: list[str] | None = None) -> dict:
         help="measure only these switch lines (repeatable; default: all), "
         "e.g. --switch 'loralab compute.fast_dropout=false'",
     )
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="32-true", help="all three compute at this precision"
+    )
+    parser.add_argument("--device", choices=DEVICES, default="cpu", help="all three train on this device")
     parser.add_argument("--impl", choices=["loop", "trainer"], help=argparse.SUPPRESS)
     parser.add_argument("--total", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--autocast", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.impl == "loop":
-        emit(run_loop(args.overrides, args.total, args.profile, args.autocast))
+        emit(run_loop(args.overrides, args.total, args.profile, args.precision, args.device))
         return {}
     if args.impl == "trainer":
-        emit(run_trainer(args.overrides, args.total))
+        emit(run_trainer(args.overrides, args.total, args.precision, args.device))
         return {}
-    result = measure(args.overrides, args.warmup, args.steps, args.repeats, args.switch)
+    check_device(args.device)
+    result = measure(args.overrides, args.warmup, args.steps, args.repeats, args.switch, args.precision, args.device)
     print(format_result(result, args.warmup, args.steps))
     return result
+
+
+def check_device(device: str) -> None:
+    """Refuse --device cuda where torch sees no GPU, before anything loads."""
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit(
+                "benchmarks: --device cuda, but torch sees no CUDA GPU here: leave --device out to measure the CPU"
+            )
 
 
 def format_result(result: dict, warmup: int, steps: int) -> str:

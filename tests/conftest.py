@@ -106,16 +106,57 @@ def train_process(base: Path, name: str, *overrides: str) -> Path:
     return run_dir
 
 
+TINY_RUNS = {
+    "a": ("seed=1",),
+    "b": ("seed=2", "variant.r=4"),
+    "topics": ("data=topics",),  # classification: accuracy, not exact match
+}
+
+
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory) -> dict[str, Path]:
     """Finished tiny runs for the rerun, compare and bad-input tests (treat them as read-only: copy
-    one before changing it)."""
-    base = tmp_path_factory.mktemp("runs")
-    return {
-        "a": train_process(base, "a", "seed=1"),
-        "b": train_process(base, "b", "seed=2", "variant.r=4"),
-        "topics": train_process(base, "topics", "data=topics"),  # classification: accuracy, not exact match
-    }
+    one before changing it). Trained once per test session: under pytest-xdist (make test) the
+    workers share them through the session's temp root, the first to need them training them under
+    a file lock while the others wait."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's root, above each worker's own folder
+    base, done = root / "tiny-runs", root / "tiny-runs.done"
+    with FileLock(str(root / "tiny-runs.lock")):
+        if not done.exists():
+            if base.exists():  # a worker that failed half-way: train them all again
+                import shutil
+
+                shutil.rmtree(base)
+            base.mkdir()
+            for name, overrides in TINY_RUNS.items():
+                train_process(base, name, *overrides)
+            done.touch()
+    return {name: base / name for name in TINY_RUNS}
+
+
+# The longest test files first (seconds on a 2-core EPYC, --durations=0, two workers), so that make
+# test's pytest-xdist workers, which take a file at a time in this order (--dist loadfile
+# --no-loadscope-reorder), finish together; the other files keep their order after these. Only the
+# schedule depends on this list: a stale one makes make test slower, never wrong.
+LONG_FILES = (
+    "test_distributed.py",  # 122
+    "test_bad_inputs.py",  # 199, 69 of them the shared tiny runs
+    "test_sweep.py",  # 132
+    "test_smoke_default_model.py",  # 114
+    "test_architectures.py",  # 116
+    "test_compile.py",  # 98
+    "test_crash_safety.py",  # 98
+    "test_before_cache.py",  # 116, 69 of them the shared tiny runs
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable: in-file order kept
 
 
 def tiny_llama(vocab_size: int = 300):
