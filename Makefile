@@ -17,7 +17,7 @@ TEST_THREADS := $(shell w=$(TEST_WORKERS); t=$$(( $(NPROC) / (w > 0 ? w : 1) ));
 XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 TEST_ENV := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(TEST_THREADS)}
 
-.PHONY: help install install-browser train test test-matrix test-browser test-all lint format bench clean
+.PHONY: help install install-browser train test test-matrix test-browser test-all lint format bench gpu-kit clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ format: $(STAMP)  ## apply ruff formatting
 
 bench: $(STAMP)  ## benchmarks against a peft loop, the HF Trainer and more; writes BENCHMARKS.md (~35 min)
 	$(BIN)/python -m benchmarks $(ARGS)
+
+gpu-kit: $(STAMP)  ## prepare .device/ for a lent GPU machine: the model in two halves, Python 3.12 wheels (benchmarks/gpu_kit.sh says the three calls)
+	bash benchmarks/gpu_kit.sh build
 
 clean:  ## remove run outputs and caches (not the venv, not the model cache)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

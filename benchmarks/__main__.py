@@ -82,6 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", help="report file (default: BENCHMARKS.md when every section runs)")
     parser.add_argument(
+        "--no-switches",
+        action="store_true",
+        help="throughput: the three implementations only, not loralab's lever lines (a short run, e.g. on a lent GPU)",
+    )
+    parser.add_argument(
         "--device",
         choices=throughput.DEVICES,
         help="where the throughput section trains (default: cuda where torch sees a GPU, else cpu); "
@@ -133,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         for precision in precisions:
             print(f"throughput ({precision}, {device}): loralab, loop, Trainer, interleaved ...", file=sys.stderr)
             # every lever's line at fp32; at bf16 the three implementations only
-            switches = None if precision == "32-true" else []
+            switches = None if precision == "32-true" and not args.no_switches else []
             result = throughput.measure(
                 args.overrides, args.warmup, args.steps, args.repeats, switches, precision, device
             )
