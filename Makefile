@@ -74,7 +74,7 @@ format: $(STAMP)  ## apply ruff formatting
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
-bench: $(STAMP)  ## benchmarks against a peft loop, the HF Trainer and more; writes BENCHMARKS.md (~35 min)
+bench: $(STAMP)  ## benchmarks against a peft loop, the HF Trainer and more; writes BENCHMARKS.md (40-90 min on 2 cores)
 	$(BIN)/python -m benchmarks $(ARGS)
 
 gpu-kit: $(STAMP)  ## prepare .device/ for a lent GPU machine: the model in two halves, Python 3.12 wheels (benchmarks/gpu_kit.sh says the three calls)

@@ -1,7 +1,7 @@
 """`make bench`: every benchmark, each against its baseline in the same command, written to
 BENCHMARKS.md with the date, the machine and the command.
 
-python -m benchmarks                          # all sections -> BENCHMARKS.md (~40 min here)
+python -m benchmarks                          # all sections -> BENCHMARKS.md (40-90 min on 2 cores)
 python -m benchmarks --sections startup,inference --out /tmp/bench.md
 python -m benchmarks --sections throughput --device cuda --out /tmp/gpu.md   # the GPU (default where one is)
 
