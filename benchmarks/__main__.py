@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import inference, startup, sweep_time, throughput, variant_memory
+from benchmarks import dispatch, inference, startup, sweep_time, throughput, variant_memory
 from benchmarks.common import machine, median, run_child
 
-SECTIONS = ("throughput", "bf16", "startup", "memory", "inference", "sweep")
+SECTIONS = ("throughput", "bf16", "dispatch", "startup", "memory", "inference", "sweep")
 
 
 def utilisation(result: dict, peak: float, warmup: int, steps: int) -> dict:
@@ -87,6 +87,20 @@ def main(argv: list[str] | None = None) -> None:
         help="throughput: the three implementations only, not loralab's lever lines (a short run, e.g. on a lent GPU)",
     )
     parser.add_argument(
+        "--switch",
+        action="append",
+        choices=list(throughput.SWITCHES),
+        metavar="LINE",
+        help="throughput: measure only these lever lines (repeatable; default: every line that flips the "
+        "device's default), e.g. --switch 'loralab compute.shared_prefix_train=true'",
+    )
+    parser.add_argument(
+        "--precision",
+        action="append",
+        choices=throughput.PRECISIONS,
+        help="throughput: only this precision (repeatable; default: fp32 and, where native, bf16-mixed)",
+    )
+    parser.add_argument(
         "--device",
         choices=throughput.DEVICES,
         help="where the throughput section trains (default: cuda where torch sees a GPU, else cpu); "
@@ -127,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
         native16 = cpu_has_bf16()
     results["peak_" + device] = peaks
     precisions = ["32-true", *(["bf16-mixed"] if native16 else [])]
+    if args.precision:
+        precisions = [p for p in throughput.PRECISIONS if p in args.precision]
 
     def section(name: str, title: str, body: str) -> None:
         print(f"\n## {title}\n{body}", flush=True)
@@ -137,8 +153,8 @@ def main(argv: list[str] | None = None) -> None:
         bodies, uses = [], {}
         for precision in precisions:
             print(f"throughput ({precision}, {device}): loralab, loop, Trainer, interleaved ...", file=sys.stderr)
-            # every lever's line at fp32; at bf16 the three implementations only
-            switches = None if precision == "32-true" and not args.no_switches else []
+            # every lever's line at the first precision; after it the three implementations only
+            switches = [] if args.no_switches or precision != precisions[0] else args.switch
             result = throughput.measure(
                 args.overrides, args.warmup, args.steps, args.repeats, switches, precision, device
             )
@@ -188,6 +204,19 @@ def main(argv: list[str] | None = None) -> None:
         result = bf16_step(args.overrides, peak32, peak16, counts)
         results["bf16"] = result
         section("bf16", "2b. bf16 on this CPU", _bf16_text(result, facts))
+    if "dispatch" in sections:
+        print("operations per step ...", file=sys.stderr)
+        counts = dispatch.measure(args.overrides)
+        results["dispatch"] = counts
+        section(
+            "dispatch",
+            "2c. Operations dispatched per training step (what a GPU launches kernels for)",
+            "One training step (the third) of the hand-written loop and of `loralab-train`, every operation that "
+            "reaches PyTorch's dispatcher counted on the CPU at fp32 (`python -m benchmarks.dispatch`): forward, "
+            "backward, loralab's callbacks, clipping and AdamW. A GPU step of this size is bound by these launches, "
+            "not by arithmetic, which is why compute.shared_prefix_train=auto is off there.\n\n"
+            + dispatch.format_result(counts),
+        )
     if "startup" in sections:
         print("startup ...", file=sys.stderr)
         result = startup.main(["--repeats", "3"])

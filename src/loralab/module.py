@@ -38,7 +38,7 @@ class LoraModule(pl.LightningModule):
         labelled_head: bool = False,
         compile_blocks: bool = False,
         shared_prefix: bool = False,
-        shared_prefix_train: bool = False,
+        shared_prefix_train: bool | str = False,
     ) -> None:
         super().__init__()
         self.adapter = adapter
@@ -60,7 +60,10 @@ class LoraModule(pl.LightningModule):
         # compute.shared_prefix: the prompts' common first tokens computed once per generation batch
         # and per validation / test loss batch; compute.shared_prefix_train: per training batch
         self.shared_prefix = shared_prefix
+        # (auto: on where the steps are bound by arithmetic, the CPU; resolved at the first step)
         self.shared_prefix_train = shared_prefix_train
+        # what the automatic choices came to (summary.json `compute`)
+        self.compute_choices: dict = {}
         # seconds per phase besides the training steps (summary.json `time`)
         self.clock = PhaseClock()
         # how greedy answers are scored (loralab.metrics), each logged as val/<name> and test/<name>
@@ -89,7 +92,7 @@ class LoraModule(pl.LightningModule):
         world = self.trainer.world_size
         labelled = self._labelled()
         # compiled blocks run without a key/value cache: whole rows there
-        prefix = self.shared_prefix_train and labelled and self._compiler is None
+        prefix = self._prefix_train() and labelled and self._compiler is None
         if world == 1 or not self.task.token_loss:
             loss = self.task.loss(self.model, batch, labelled=labelled, shared_prefix=prefix)
         else:
@@ -162,6 +165,21 @@ class LoraModule(pl.LightningModule):
         self._val_sums.append(
             self.task.loss_sums(self.model, batch, labelled=self._labelled(), shared_prefix=self.shared_prefix)
         )
+
+    def _prefix_train(self) -> bool:
+        """compute.shared_prefix_train, `auto` resolved by the device the steps run on."""
+        if self.shared_prefix_train == "auto":
+            on = self.device.type == "cpu"
+            why = (
+                "on the CPU the steps are bound by arithmetic, which the shared prefix cuts"
+                if on
+                else f"on {self.device.type} a step of this size waits on kernel launches, and the prefix "
+                "split adds ~70% more of them (the first GPU run: 0.36x the hand-written loop with it on)"
+            )
+            self.shared_prefix_train = on
+            self.compute_choices["shared_prefix_train"] = {"asked": "auto", "used": on, "why": why}
+            log.info("compute.shared_prefix_train=auto: %s (%s)", "on" if on else "off", why)
+        return bool(self.shared_prefix_train)
 
     def _labelled(self) -> bool:
         return self.labelled_head and not (self._trainer is not None and sharded_strategy(self.trainer))

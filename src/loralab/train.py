@@ -43,6 +43,11 @@ from loralab.variants.registry import BuildContext
 __all__ = ["CONF_DIR", "run", "train"]
 
 
+def _switch_or_auto(value: object) -> bool | str:
+    """A compute switch that also takes `auto` (resolved where the device is known)."""
+    return "auto" if value == "auto" else bool(value)
+
+
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Run one experiment; return (summary, objects)."""
     # 1. config checks, before anything loads: a bad config is refused without importing torch
@@ -217,7 +222,7 @@ def _setup(cfg: DictConfig, typed) -> tuple:
         labelled_head=bool(OmegaConf.select(cfg, "compute.labelled_head", default=False)),
         compile_blocks=bool(OmegaConf.select(cfg, "compute.compile", default=False)),
         shared_prefix=bool(OmegaConf.select(cfg, "compute.shared_prefix", default=False)),
-        shared_prefix_train=bool(OmegaConf.select(cfg, "compute.shared_prefix_train", default=False)),
+        shared_prefix_train=_switch_or_auto(OmegaConf.select(cfg, "compute.shared_prefix_train", default=False)),
     )
 
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)  # 4. fit

@@ -490,6 +490,13 @@ CASES: list[Case] = [
         "loralab: error: validate_before must be true or false, got 1: write validate_before=true or validate_before=false",
     ),
     Case(
+        "auto switch misspelt",
+        "config values",
+        T,
+        ["compute.shared_prefix_train=atuo"],
+        "loralab: error: compute.shared_prefix_train must be true, false or auto, got 'atuo': write compute.shared_prefix_train=auto (on on the CPU, off on a GPU), compute.shared_prefix_train=true or compute.shared_prefix_train=false",
+    ),
+    Case(
         "tags not a list",
         "config values",
         T,

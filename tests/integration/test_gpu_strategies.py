@@ -44,6 +44,8 @@ def test_default_experiment_on_one_gpu_bf16(tmp_path):
     assert summary["status"] == "completed" and summary["merge_passed"]
     # precision=auto on a GPU: bf16 autocast where the device computes bf16 natively
     assert summary["precision"]["used"] == ("bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true")
+    # compute.shared_prefix_train=auto: whole rows on a GPU
+    assert summary["compute"]["shared_prefix_train"]["used"] is False
     assert summary["after"]["val/loss"] < summary["before"]["val/loss"]
     assert summary["peak_gpu_mb"] > 0 and summary["tokens_per_s"] > 0
     print(f"\n{torch.cuda.get_device_name(0)}: {summary['tokens_per_s']:.0f} tokens/s, {summary['peak_gpu_mb']:.0f} MB")

@@ -54,6 +54,9 @@ def test_run_directory_contents(finished):
     assert spent["train"] == saved["train_seconds"] and spent["total"] == saved["wall_time_s"]
     assert all(spent[k] > 0 for k in ("train", "validate", "test", "forgetting", "merge_check", "save"))
     assert sum(v for k, v in spent.items() if k != "total") == pytest.approx(spent["total"])
+    # compute.shared_prefix_train=auto (the default) came to on, on this CPU, and says why
+    choice = saved["compute"]["shared_prefix_train"]
+    assert choice["asked"] == "auto" and choice["used"] is True and "CPU" in choice["why"]
     meta = json.loads((run_dir / "run_meta.json").read_text())
     assert meta["seed"] == cfg.seed and len(meta["data"]["fingerprint"]) == 16
     assert meta["packages"]["torch"] and meta["packages"]["peft"] and "commit" in meta["git"]

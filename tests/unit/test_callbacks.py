@@ -115,3 +115,29 @@ def test_find_checkpoint(tmp_path):
     (tmp_path / "checkpoints" / ".tmp-step-0000015").mkdir()  # incomplete: never picked
     found = find_checkpoint(None, "auto", tmp_path / "checkpoints")
     assert found.endswith("step-0000010/training_state.ckpt")
+
+
+def test_the_finite_guard_finds_the_first_nan_or_inf_in_one_reduction():
+    """NonFiniteGuard's check over many tensors (one multi-tensor reduction): the first tensor holding
+    a nan or an inf is named, in any float dtype, and the check records no autograd graph."""
+    from loralab.callbacks.guards import _first_bad, _peaks
+
+    torch.manual_seed(0)
+    named = [(f"t{i}", torch.randn(3, 5, dtype=dtype)) for i, dtype in enumerate([torch.float32, torch.bfloat16] * 3)]
+    weight = torch.nn.Parameter(torch.randn(4, 4))
+    named.append(("weight", weight))
+    assert _first_bad(named) is None
+    peaks = _peaks([t for _, t in named])
+    assert peaks.dtype == torch.float32 and not peaks.requires_grad
+    assert torch.equal(peaks, torch.stack([t.detach().abs().amax().float() for _, t in named]))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        named[3][1][2, 4] = bad
+        named[5][1][0, 0] = float("nan")
+        assert _first_bad(named) == "t3", bad
+        named[3][1][2, 4] = 0.0
+        assert _first_bad(named) == "t5"
+        named[5][1][0, 0] = 0.0
+    with torch.no_grad():
+        weight[1, 1] = float("nan")
+    assert _first_bad(named) == "weight"
+    assert _first_bad([]) is None

@@ -153,6 +153,8 @@ class RunSummary(pl.Callback):
             **fields,
             "variant": pl_module.adapter.facts,
             "precision": {**self.precision_choice, "used": str(trainer.precision)},
+            # the compute switches set to auto, what they came to and why
+            **({"compute": dict(pl_module.compute_choices)} if getattr(pl_module, "compute_choices", None) else {}),
             "tokens_per_s": pl_module.tokens_seen / pl_module.train_seconds if pl_module.train_seconds else None,
             "train_tokens": pl_module.tokens_seen,
             "train_seconds": pl_module.train_seconds,

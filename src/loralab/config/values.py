@@ -66,6 +66,10 @@ SWITCHES = (
 )
 
 
+# switches that also take `auto`: the run chooses by its device (compute.shared_prefix_train)
+AUTO_SWITCHES = ("compute.shared_prefix_train",)
+
+
 def check_top_level(cfg: Any) -> None:
     """seed, experiment_name, tags and the switches."""
     from omegaconf import OmegaConf
@@ -73,7 +77,14 @@ def check_top_level(cfg: Any) -> None:
     check_seed(cfg.get("seed"), "seed")
     for key in SWITCHES:
         value = OmegaConf.select(cfg, key) if OmegaConf.is_config(cfg) else cfg.get(key)
+        if key in AUTO_SWITCHES and value == "auto":
+            continue
         if value is not None and not isinstance(value, bool):
+            if key in AUTO_SWITCHES:
+                raise ConfigError(
+                    f"{key} must be true, false or auto, got {value!r}: write {key}=auto (on on the CPU, off on a "
+                    f"GPU), {key}=true or {key}=false"
+                )
             raise ConfigError(f"{key} must be true or false, got {value!r}: write {key}=true or {key}=false")
     name = cfg.get("experiment_name")
     if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name):

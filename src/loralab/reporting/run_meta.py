@@ -237,6 +237,8 @@ def write_run_meta(run_dir: str | Path, cfg: DictConfig, model: dict, data: dict
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            # YES: transformers swapped layers for kernels from the Hub (loralab's default is NO)
+            "use_hub_kernels": os.environ.get("USE_HUB_KERNELS"),
         },
     }
     run.write_meta(redact(meta))
