@@ -174,7 +174,7 @@ class LoraModule(pl.LightningModule):
                 "on the CPU the steps are bound by arithmetic, which the shared prefix cuts"
                 if on
                 else f"on {self.device.type} a step of this size waits on kernel launches, and the prefix "
-                "split adds ~70% more of them (the first GPU run: 0.36x the hand-written loop with it on)"
+                "split adds ~80% more of them (the first GPU run: 0.36x the hand-written loop with it on)"
             )
             self.shared_prefix_train = on
             self.compute_choices["shared_prefix_train"] = {"asked": "auto", "used": on, "why": why}
