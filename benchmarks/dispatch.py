@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -90,59 +89,25 @@ def count_loop(overrides: list[str]) -> dict:
     loader = torch.utils.data.DataLoader(rows, batch_size=cfg.data.train_batch_size, sampler=order, collate_fn=collate)
     clip = cfg.trainer.gradient_clip_val
     batches = iter(loader)
-    record: dict = {}
+    counter = Counter()
     for step in range(COUNTED_STEP + 1):
         batch = next(batches)
-        counter = Counter()
-        with counter if step == COUNTED_STEP else _nothing():
+        with counter if step == COUNTED_STEP else contextlib.nullcontext():
             loss = model(**batch, use_cache=False).loss
             loss.backward()
             if clip:
                 torch.nn.utils.clip_grad_norm_(params, clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        record = _record(counter.ops)
-    return record
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
+    return _record(counter.ops)
 
 
 def count_loralab(overrides: list[str]) -> dict:
     """`loralab-train` as users run it (default callbacks), one training step counted."""
-    work = Path(tempfile.mkdtemp(prefix="loralab-bench-dispatch-"))
-    out = work / "ops.json"
-    steps = COUNTED_STEP + 1
-    args = [
-        "-m",
-        "loralab",
-        "precision=32-true",
-        *overrides,
-        f"trainer.max_steps={steps}",
-        f"trainer.val_check_interval={steps}",
-        "validate_before=false",
-        "+trainer.limit_val_batches=1",
-        "data.generation_examples=0",
-        "callbacks.merge_check=null",
-        "+callbacks.dispatch._target_=benchmarks.dispatch.StepCounter",
-        f"+callbacks.dispatch.out={out}",
-        f"hydra.run.dir={work / 'run'}",
-    ]
-    repo = Path(__file__).resolve().parents[1]
-    env = {
-        **os.environ,
-        "WANDB_MODE": "offline",
-        "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
-    }
-    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=repo)
-    if done.returncode != 0 or not out.exists():
-        raise RuntimeError(f"loralab-train failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(out.read_text())
+    from benchmarks.throughput import train_measured
+
+    out = Path(tempfile.mkdtemp(prefix="loralab-bench-dispatch-")) / "ops.json"
+    return train_measured(overrides, COUNTED_STEP + 1, "benchmarks.dispatch.StepCounter", out, "32-true", "cpu")
 
 
 def measure(overrides: list[str]) -> dict:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import compose, emit, median, run_child
+from benchmarks.common import REPO, compose, emit, median, run_child
 
 IMPLEMENTATIONS = ("loralab", "loop", "trainer")
 PRECISIONS = ("32-true", "bf16-mixed")
@@ -261,12 +261,12 @@ def run_trainer(overrides: list[str], total: int, precision: str = "32-true", de
     return {"starts": starts, "wall": wall, "tokens": tokens, **_counts(model)}
 
 
-def run_loralab(overrides: list[str], total: int, precision: str = "32-true", device: str = "cpu") -> dict:
-    """`loralab-train` itself, as users run it (default callbacks and loggers), with a step timer
-    added and validation moved past the measured steps; at the baselines' precision, not the
-    presets' auto, on one GPU (trainer=gpu) for device cuda."""
-    work = Path(tempfile.mkdtemp(prefix="loralab-bench-run-"))
-    out = work / "steps.json"
+def train_measured(overrides: list[str], total: int, callback: str, out: Path, precision: str, device: str) -> dict:
+    """`loralab-train` as users run it (default callbacks and loggers) for `total` steps with the
+    measuring callback `callback` (a class path taking `out`) added, validation moved past the
+    measured steps and no generation or merge check; the JSON the callback wrote to `out`."""
+    import subprocess
+
     args = [
         "-m",
         "loralab",
@@ -276,21 +276,28 @@ def run_loralab(overrides: list[str], total: int, precision: str = "32-true", de
         f"trainer.max_steps={total}",
         f"trainer.val_check_interval={total}",
         "validate_before=false",
+        "+trainer.limit_val_batches=1",
         "data.generation_examples=0",
         "callbacks.merge_check=null",
-        "+callbacks.step_timer._target_=benchmarks.step_timer.StepTimer",
-        f"+callbacks.step_timer.out={out}",
-        f"hydra.run.dir={work / 'run'}",
+        f"+callbacks.measure._target_={callback}",
+        f"+callbacks.measure.out={out}",
+        f"hydra.run.dir={out.parent / 'run'}",
     ]
-    started = time.time()
-    import subprocess
-
-    done = subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "offline"}
-    )
+    # from the repository root, with it on the path: the callbacks live in `benchmarks`
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": path}
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=REPO)
     if done.returncode != 0 or not out.exists():
         raise RuntimeError(f"loralab-train failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    result = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def run_loralab(overrides: list[str], total: int, precision: str = "32-true", device: str = "cpu") -> dict:
+    """`loralab-train` itself with a step timer (train_measured); at the baselines' precision, not the
+    presets' auto, on one GPU (trainer=gpu) for device cuda."""
+    out = Path(tempfile.mkdtemp(prefix="loralab-bench-run-")) / "steps.json"
+    started = time.time()
+    result = train_measured(overrides, total, "benchmarks.step_timer.StepTimer", out, precision, device)
     result["launched"] = started
     return result
 
