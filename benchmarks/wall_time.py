@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -54,8 +55,10 @@ def one_run(tree: Path, run_dir: Path, overrides: list[str]) -> dict:
     wall = time.perf_counter() - started
     summary_path = run_dir / "summary.json"
     if done.returncode != 0 or not summary_path.is_file():
-        raise RuntimeError(f"the run from {tree} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        last = (done.stderr.strip().splitlines() or ["(nothing on stderr)"])[-1]
+        raise SystemExit(f"wall_time: the run from {tree} failed (exit {done.returncode}): {last}")
     summary = json.loads(summary_path.read_text())
+    shutil.rmtree(run_dir, ignore_errors=True)  # ~600 MB a run (the merged model): the figures are read
     validations = summary.get("validations") or [{}]
     return {
         "wall_s": wall,
@@ -85,6 +88,7 @@ def measure(rev: str, repeats: int, overrides: list[str]) -> dict:
                 print(f"  {name} run {repeat + 1}: {run['wall_s']:.1f} s", file=sys.stderr)
     finally:
         drop_worktree(old)
+        shutil.rmtree(scratch, ignore_errors=True)
     walls = {name: median([r["wall_s"] for r in rs]) for name, rs in runs.items()}
     return {"against": rev, "runs": runs, "median_wall_s": walls, "ratio": walls["now"] / walls["before"]}
 
