@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import dispatch, inference, startup, sweep_time, throughput, variant_memory
+from benchmarks import dispatch, evaluation, inference, startup, sweep_time, throughput, variant_memory
 from benchmarks.common import machine, median, run_child
 
-SECTIONS = ("throughput", "bf16", "dispatch", "startup", "memory", "inference", "sweep")
+SECTIONS = ("throughput", "bf16", "dispatch", "startup", "memory", "inference", "sweep", "evaluation")
 
 
 def utilisation(result: dict, peak: float, warmup: int, steps: int) -> dict:
@@ -75,7 +75,9 @@ def bf16_step(overrides: list[str], peak32: float, peak16: float, counts: dict) 
 def main(argv: list[str] | None = None) -> None:
     """Run the chosen sections, print each table, write the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("overrides", nargs="*", help="config overrides for throughput, bf16, memory, inference")
+    parser.add_argument(
+        "overrides", nargs="*", help="config overrides for throughput, bf16, memory, inference, evaluation"
+    )
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved runs per throughput implementation")
     parser.add_argument("--steps", type=int, default=6, help="measured training steps per throughput run")
@@ -241,6 +243,15 @@ def main(argv: list[str] | None = None) -> None:
         result = sweep_time.main([])
         results["sweep"] = result
         section("sweep", "6. Sweep wall time", sweep_time.format_result(result))
+    if "evaluation" in sections:
+        print("evaluation (compute.prompt_once) ...", file=sys.stderr)
+        result = evaluation.main(["--repeats", "3", *args.overrides])
+        results["evaluation"] = result
+        section(
+            "evaluation",
+            "8. One evaluation: the loss and the answers with each prompt once (compute.prompt_once)",
+            evaluation.format_result(result),
+        )
 
     minutes = (time.time() - started) / 60
     command = (

@@ -15,6 +15,12 @@ from transformers import GenerationConfig
 def greedy_config(model: Any, tokenizer: Any, max_new_tokens: int) -> GenerationConfig:
     """Greedy decoding, whatever the checkpoint's generation_config asks for (transformers fills
     every setting left unset from it: beams, a minimum length, n-gram and repetition penalties)."""
+    return greedy_ids_config(model, tokenizer.pad_token_id, tokenizer.eos_token_id, max_new_tokens)
+
+
+def greedy_ids_config(model: Any, pad_token_id: int, eos_token_id: int | None, max_new_tokens: int) -> GenerationConfig:
+    """greedy_config with the padding and end tokens given (None: no end, every answer
+    `max_new_tokens` long)."""
     return GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=False,
@@ -24,8 +30,8 @@ def greedy_config(model: Any, tokenizer: Any, max_new_tokens: int) -> Generation
         no_repeat_ngram_size=0,
         repetition_penalty=1.0,
         length_penalty=1.0,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
         decoder_start_token_id=getattr(model.config, "decoder_start_token_id", None),
     )
 

@@ -112,6 +112,8 @@ def _validate_before(cfg: DictConfig, trainer, module, datamodule, callbacks: li
             module._labelled(),
             # generation's and (since the loss's too) the loss's shared prefix
             ("shared_prefix", module.shared_prefix, "loss"),
+            # the loss and the answers from one pass per prompt (when on: another rounding)
+            *((("prompt_once", True),) if module.prompt_once else ()),
         )
         kept = cache.get("validate", inputs)
         if kept is not None:
@@ -223,6 +225,7 @@ def _setup(cfg: DictConfig, typed) -> tuple:
         compile_blocks=bool(OmegaConf.select(cfg, "compute.compile", default=False)),
         shared_prefix=bool(OmegaConf.select(cfg, "compute.shared_prefix", default=False)),
         shared_prefix_train=_switch_or_auto(OmegaConf.select(cfg, "compute.shared_prefix_train", default=False)),
+        prompt_once=bool(OmegaConf.select(cfg, "compute.prompt_once", default=False)),
     )
 
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)  # 4. fit

@@ -292,3 +292,34 @@ def test_precision_auto_runs_in_what_the_machine_computes_natively(make_cfg):
     # the check runs outside the autocast: the weights' own dtype, and its tolerance
     report = json.loads((run_dir / "merge_report.json").read_text())
     assert report["dtype"] == "float32" and report["tolerance_rel"] == 1e-4
+
+
+def test_validation_answers_come_from_the_loss_batches(make_cfg):
+    """compute.prompt_once (the default): validation and the test split answer their rows from the
+    loss batches' pass; the same figures as computing them apart, and the same answers."""
+    from loralab.tasks.causal_lm import HEAD_CHECK_TOLERANCE
+
+    on, on_objects = train(make_cfg(run="on"))
+    off, off_objects = train(make_cfg("compute.prompt_once=false", run="off"))
+    module, dm = on_objects["module"], on_objects["datamodule"]
+    # every validation measured (the one before training too: a fresh cache here) and the test
+    # split, every generation row of each
+    validations = [v for v in on["validations"] if v["step"] > 0 or not on.get("before_cached")]
+    assert len(validations) == 3
+    assert module.answered_in_loss == len(validations) * len(dm.generation_set) + len(dm.test_generation_set)
+    assert off_objects["module"].answered_in_loss == 0
+    tolerance = HEAD_CHECK_TOLERANCE["float32"]
+    for a, b in zip(on["validations"], off["validations"], strict=True):
+        assert a["val/exact_match"] == b["val/exact_match"]
+        assert a["val/loss"] == pytest.approx(b["val/loss"], rel=tolerance)
+    assert on["test"]["test/loss"] == pytest.approx(off["test"]["test/loss"], rel=tolerance)
+    rows = dm.generation_set
+    state = module._answer_state(rows)
+    module.model.eval()
+    with torch.no_grad():
+        for batch in dm.val_dataloader():
+            module._batch_sums(batch, rows, state)
+        apart = module.generate_answers([r["prompt_ids"] for r in rows])
+    # (the tiny base answers these prompts with nothing much; tests/unit/test_prompt_once.py
+    # compares answers that differ from prompt to prompt)
+    assert state["answers"] == apart and len(apart) == len(rows)

@@ -224,6 +224,7 @@ def test_compute_switches_off_leave_the_config_hash_of_runs_before_them(tmp_path
         "compute.fast_dropout=false",
         "compute.shared_prefix=false",
         "compute.shared_prefix_train=false",
+        "compute.prompt_once=false",
     ]
     off = compose_config(["model=tiny", *switches_off], tmp_path / "run")
     before = OmegaConf.to_container(on, resolve=True)

@@ -62,6 +62,7 @@ SWITCHES = (
     "compute.fast_dropout",
     "compute.shared_prefix",
     "compute.shared_prefix_train",
+    "compute.prompt_once",
     "compute.compile",
 )
 

@@ -140,6 +140,7 @@ NEUTRAL = {
     ("compute", "fast_dropout"): False,
     ("compute", "shared_prefix"): False,
     ("compute", "shared_prefix_train"): False,
+    ("compute", "prompt_once"): False,
     ("compute", "compile"): False,
 }
 

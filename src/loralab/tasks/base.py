@@ -147,6 +147,14 @@ class Task:
         count, correct = self.val_counts(out, batch)
         return torch.stack([out.loss.detach().float() * count, count, correct])
 
+    def loss_sums_and_answers(
+        self, model: torch.nn.Module, batch: dict, prompts: list[list[int]], tokenizer: Any, config: Any
+    ) -> tuple[torch.Tensor, list[str]] | None:
+        """loss_sums and the greedy answers to the batch's first rows (whose prompts are `prompts`)
+        from one pass over each prompt (compute.prompt_once), where the task can: None here, and
+        wherever the model or the batch does not allow it (the caller computes them apart)."""
+        return None
+
     def predicted(self, batch: dict) -> torch.Tensor:
         """How many positions the loss averages over."""
         raise NotImplementedError

@@ -93,10 +93,6 @@ def labelled_loss(
     their cross-entropy summed; the mean over them (or the sum / `num_items`), as the model's own
     loss, without ever holding [batch, sequence, vocabulary] logits. `prefix` > 0: the batch's
     first `prefix` tokens (shared_prefix_length) run once for every row (prefix_states)."""
-    import torch
-    import torch.nn.functional as F
-    from torch.utils.checkpoint import checkpoint
-
     from loralab.tasks.packing import model_batch
 
     inputs = {k: v for k, v in model_batch(batch).items() if k != "labels"}
@@ -106,21 +102,29 @@ def labelled_loss(
         hidden = backbone(**inputs, use_cache=False).last_hidden_state
     labels = batch["labels"][:, 1 + prefix :]
     keep = labels != IGNORE_INDEX
-    states, targets = hidden[:, :-1][keep], labels[keep]
+    total = head_cross_entropy(head, hidden[:, :-1][keep], labels[keep])
+    count = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+    return total / (num_items if num_items is not None else count)
+
+
+def head_cross_entropy(head: torch.nn.Module, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The summed cross-entropy of `head(states)` against `targets`, in pieces of at most
+    LOGITS_PER_CHUNK logits (each recomputed in the backward pass when there are several)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
 
     def piece(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(head(h).float(), y, reduction="sum")
 
     step = max(1, LOGITS_PER_CHUNK // max(1, head.weight.shape[0]))
     if states.shape[0] <= step:
-        total = piece(states, targets)
-    else:
-        total = states.new_zeros((), dtype=torch.float32)
-        for start in range(0, states.shape[0], step):
-            h, y = states[start : start + step], targets[start : start + step]
-            total = total + (checkpoint(piece, h, y, use_reentrant=False) if torch.is_grad_enabled() else piece(h, y))
-    count = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
-    return total / (num_items if num_items is not None else count)
+        return piece(states, targets)
+    total = states.new_zeros((), dtype=torch.float32)
+    for start in range(0, states.shape[0], step):
+        h, y = states[start : start + step], targets[start : start + step]
+        total = total + (checkpoint(piece, h, y, use_reentrant=False) if torch.is_grad_enabled() else piece(h, y))
+    return total
 
 
 def agrees(mine: torch.Tensor, reference: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -232,6 +236,166 @@ def prefix_shares(model: torch.nn.Module, parts: tuple[torch.nn.Module, torch.nn
             float(whole),
         )
     _PREFIX_CHECKED[model] = ok
+    return ok
+
+
+# models whose loss and answers from one pass over each prompt were checked against two passes
+_ONCE_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def completion_spans(batch: dict) -> list[tuple[int, int]] | None:
+    """Each row's (prompt length, row length) in a right-padded prompt/completion batch: the labels
+    are the row's own tokens from the first labelled position to its end, nothing before. None for
+    any other shape (packed rows, labels with gaps, a row without a label or without a prompt)."""
+    import torch
+
+    ids, mask, labels = batch["input_ids"], batch.get("attention_mask"), batch.get("labels")
+    if mask is None or labels is None or ids.dim() != 2 or set(batch) - {"input_ids", "attention_mask", "labels"}:
+        return None
+    lengths = mask.sum(1)
+    spans = []
+    for i, n in enumerate(lengths.tolist()):
+        keep = labels[i, :n] != IGNORE_INDEX
+        if not bool(mask[i, :n].all()) or not bool(keep.any()) or bool((labels[i, n:] != IGNORE_INDEX).any()):
+            return None
+        p = int(keep.int().argmax())
+        if p < 1 or not bool(keep[p:].all()) or not torch.equal(labels[i, p:n], ids[i, p:n]):
+            return None
+        spans.append((p, n))
+    return spans
+
+
+def prompt_once(
+    model: torch.nn.Module,
+    parts: tuple[torch.nn.Module, torch.nn.Module],
+    batch: dict,
+    answers: int,
+    config: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None, int] | None:
+    """The labelled loss of a prompt/completion batch and the greedy answers of its first `answers`
+    rows, each prompt going through the model once for both (compute.prompt_once): the prompts'
+    common first tokens once as one row (compute.shared_prefix), each prompt's own tokens but its
+    last after left padding; that key/value cache then reads the completions (the loss: each
+    prompt's last token and the completion but its last, right-padded, positions counted from the
+    attention mask) and, cut back to the prompts, starts the greedy decoding. Returns (summed loss,
+    generated ids of the answered rows (None for 0), their prompt width) or None for a batch of
+    another shape (completion_spans). The same loss and answers as computing them apart, up to
+    float rounding (prompt_once_agrees checks it once per model)."""
+    import torch
+
+    spans = completion_spans(batch)
+    if spans is None:
+        return None
+    backbone, head = parts
+    ids = batch["input_ids"]
+    rows, device = ids.shape[0], ids.device
+    prompts = [ids[i, :p].tolist() for i, (p, _) in enumerate(spans)]
+    shared = common_prefix(prompts)
+    shared = shared if shared >= MIN_SHARED_PREFIX else 0
+    cache, key = None, "past_key_values"
+    if shared:
+        first = backbone(input_ids=ids[:1, :shared], use_cache=True)
+        key = _cache_key(first)
+        cache = first[key]
+        cache.batch_repeat_interleave(rows)
+    # each prompt's own tokens but its last, left-padded (the last starts the completion and the answer)
+    width = max(p - shared - 1 for p, _ in spans)
+    own = torch.zeros((rows, width), dtype=ids.dtype, device=device)
+    context = torch.zeros((rows, shared + width), dtype=torch.long, device=device)
+    context[:, :shared] = 1
+    for i, (p, _) in enumerate(spans):
+        k = p - shared - 1
+        if k:
+            own[i, width - k :] = ids[i, shared : p - 1]
+            context[i, shared + width - k :] = 1
+    if width:
+        positions = (context.cumsum(1) - 1).clamp_min(0)[:, shared:]
+        given = {key: cache} if cache is not None else {}
+        out = backbone(input_ids=own, attention_mask=context, position_ids=positions, use_cache=True, **given)
+        key = _cache_key(out)
+        cache = out[key]
+    # the loss: each prompt's last token and its completion but the last, each predicting the next
+    span = max(n - p for p, n in spans)
+    tail = torch.zeros((rows, span), dtype=ids.dtype, device=device)
+    targets = torch.full((rows, span), IGNORE_INDEX, dtype=ids.dtype, device=device)
+    for i, (p, n) in enumerate(spans):
+        tail[i, : n - p] = ids[i, p - 1 : n - 1]
+        targets[i, : n - p] = ids[i, p:n]
+    keep = targets != IGNORE_INDEX
+    mask = torch.cat([context, keep.long()], 1)
+    positions = (mask.cumsum(1) - 1).clamp_min(0)[:, shared + width :]
+    given = {key: cache} if cache is not None else {}
+    out = backbone(input_ids=tail, attention_mask=mask, position_ids=positions, use_cache=True, **given)
+    total = head_cross_entropy(head, out.last_hidden_state[keep], targets[keep])
+    if answers <= 0:
+        return total, None, 0
+    key = _cache_key(out)
+    cache = out[key]
+    cache.crop(-span)
+    if cache.get_seq_length() != shared + width:  # the completions must be gone before answering
+        return None
+    if answers < rows:
+        cache.batch_select_indices(torch.arange(answers, device=device))
+    last = torch.tensor([[ids[i, p - 1]] for i, (p, _) in enumerate(spans[:answers])], dtype=ids.dtype, device=device)
+    start = torch.cat([ids[:answers, :shared], own[:answers], last], 1)
+    start_mask = torch.cat([context[:answers], torch.ones_like(last)], 1)
+    generated = model.generate(input_ids=start, attention_mask=start_mask, generation_config=config, **{key: cache})
+    return total, generated[:, start.shape[1] :], start.shape[1]
+
+
+def prompt_once_agrees(model: torch.nn.Module, parts: tuple[torch.nn.Module, torch.nn.Module]) -> bool:
+    """Whether prompt_once gives this model's labelled loss over whole rows and the answers that
+    generating alone gives. Measured once per model, as prefix_shares is: on probe batches in eval
+    mode, with a shared prefix and without, prompts of three lengths, one row padded, one row not
+    answered; the loss to the compute dtype's rounding, the generated tokens equal. A model whose
+    cache cannot be cut back or extended this way fails it and computes the loss and the answers
+    apart."""
+    if model in _ONCE_CHECKED:
+        return _ONCE_CHECKED[model]
+    import torch
+
+    from loralab.evaluation import greedy_ids_config
+
+    backbone, head = parts
+    ok = True
+    with probing(model) as (device, vocab, generator):
+        for prefix in (7, 0):
+            ids = torch.randint(1, vocab, (3, 16), generator=generator).to(device)
+            ids[:, :prefix] = ids[0, :prefix]
+            mask = torch.ones_like(ids)
+            mask[2, 13:] = 0
+            labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+            for row, p in enumerate((10, 11, 9)):
+                labels[row, :p] = IGNORE_INDEX
+            ids = ids.masked_fill(mask == 0, 0)
+            batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+            config = greedy_ids_config(model, 0, None, 3)
+            try:
+                with torch.no_grad():
+                    whole = labelled_loss(backbone, head, batch).float()
+                    once = prompt_once(model, parts, batch, 2, config)
+                    alone = [
+                        model.generate(
+                            input_ids=ids[i : i + 1, :p], attention_mask=mask[i : i + 1, :p], generation_config=config
+                        )[0, p:]
+                        for i, p in ((0, 10), (1, 11))
+                    ]
+            except Exception as exc:  # noqa: BLE001 - a model whose cache cannot be cut back computes apart
+                log.info("one pass per prompt for the loss and the answer does not run on this model (%s)", exc)
+                ok = False
+                break
+            count = (labels[:, 1:] != IGNORE_INDEX).sum()
+            if once is None or not agrees(once[0].float() / count, whole, head.weight):
+                ok = False
+            elif once[1] is None or [list(r) for r in once[1].tolist()] != [a.tolist() for a in alone]:
+                ok = False
+            if not ok:
+                log.warning(
+                    "the loss and answers from one pass per prompt differ from computing them apart on this model: "
+                    "it computes them apart (compute.prompt_once has no effect on it)"
+                )
+                break
+    _ONCE_CHECKED[model] = ok
     return ok
 
 
@@ -386,6 +550,38 @@ class CausalLM(Task):
         prefix = self._prefix(model, parts, batch, shared_prefix)
         loss = labelled_loss(*parts, batch, prefix=prefix).detach().float()
         return torch.stack([loss * count, count, torch.zeros_like(count)])
+
+    def loss_sums_and_answers(
+        self,
+        model: torch.nn.Module,
+        batch: dict,
+        prompts: list[list[int]],
+        tokenizer: Any,
+        config: Any,
+    ) -> tuple[torch.Tensor, list[str]] | None:
+        """loss_sums (labelled) and the greedy answers of the batch's first len(`prompts`) rows,
+        each prompt through the model once for both (compute.prompt_once, prompt_once). None when
+        the model or the batch does not allow it, or when the batch's prompts are not `prompts`:
+        the caller computes them apart."""
+        import torch
+
+        parts = labelled_head(model)
+        spans = completion_spans(batch) if parts is not None else None
+        if spans is None or len(prompts) > len(spans):
+            return None
+        ids = batch["input_ids"]
+        if any(ids[i, :p].tolist() != list(prompts[i]) for i, (p, _) in enumerate(spans[: len(prompts)])):
+            return None
+        if not prompt_once_agrees(model, parts):
+            return None
+        out = prompt_once(model, parts, batch, len(prompts), config)
+        if out is None:
+            return None
+        total, generated, _ = out
+        count = self.predicted(batch).float()
+        sums = torch.stack([total.detach().float(), count, torch.zeros_like(count)])
+        answers = tokenizer.batch_decode(generated, skip_special_tokens=True) if generated is not None else []
+        return sums, answers
 
     @staticmethod
     def _prefix(model: torch.nn.Module, parts: tuple, batch: dict, shared_prefix: bool) -> int:
