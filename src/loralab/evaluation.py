@@ -3,6 +3,7 @@ validation loop, the test split at fit end and loralab-eval share."""
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Iterable
@@ -10,6 +11,8 @@ from typing import Any
 
 import torch
 from transformers import GenerationConfig
+
+log = logging.getLogger(__name__)
 
 
 def greedy_config(model: Any, tokenizer: Any, max_new_tokens: int) -> GenerationConfig:
@@ -68,6 +71,51 @@ def loss_sums(
         batch = {k: v.to(device) for k, v in batch.items()}
         sums += task.loss_sums(model, batch, labelled=labelled, shared_prefix=shared_prefix)
     return sums
+
+
+class Answering:
+    """What a split's loss batches collect on the way (compute.prompt_once): the greedy answers to
+    the generation rows, which are the split's first rows in its loader's order. `answers` is None
+    where they are generated apart: switched off, nothing to answer, or a batch that could not
+    answer its rows so (task.loss_sums_and_answers: None), which ends the collecting."""
+
+    told = False  # the fallback is logged once per process
+
+    def __init__(self, on: bool, rows: list[dict], tokenizer: Any, max_new_tokens: int) -> None:
+        self.rows = rows
+        self.answers: list[str] | None = [] if on and rows else None
+        self.seen = 0
+        self.tokenizer = tokenizer
+        self.max_new_tokens = max_new_tokens
+        self.config: GenerationConfig | None = None
+
+    def batch_sums(self, model: Any, task: Any, batch: dict, labelled: bool, shared_prefix: bool) -> torch.Tensor:
+        """One loss batch's sums (task.loss_sums), answering the generation rows it holds from the
+        same pass over their prompts while collecting."""
+        if self.answers is not None:
+            rows = batch["input_ids"].shape[0]
+            mine = self.rows[self.seen : self.seen + rows]
+            self.seen += rows
+            if mine:
+                if self.config is None:
+                    self.config = greedy_config(model, self.tokenizer, self.max_new_tokens)
+                prompts = [r["prompt_ids"] for r in mine]
+                got = task.loss_sums_and_answers(model, batch, prompts, self.tokenizer, self.config)
+                if got is not None:
+                    self.answers += [a.strip() for a in got[1]]
+                    return got[0]
+                self.answers = None
+                if not Answering.told:
+                    log.info(
+                        "compute.prompt_once: this model or batch does not allow one pass per prompt for the loss "
+                        "and the answer: they are computed apart"
+                    )
+                    Answering.told = True
+        return task.loss_sums(model, batch, labelled=labelled, shared_prefix=shared_prefix)
+
+    def collected(self) -> list[str] | None:
+        """The answers, when the batches answered every generation row (else None)."""
+        return self.answers if self.answers is not None and len(self.answers) == len(self.rows) else None
 
 
 def split_figures(sums: torch.Tensor, prefix: str, task: Any) -> dict[str, float]:

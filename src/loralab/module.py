@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import torch
 
 from loralab.distributed import sharded_strategy
-from loralab.evaluation import greedy_answers, greedy_config, split_figures
+from loralab.evaluation import Answering, greedy_answers, split_figures
 from loralab.metrics import check_regex, score
 from loralab.tasks import get_task
 from loralab.timing import PhaseClock
@@ -66,8 +66,7 @@ class LoraModule(pl.LightningModule):
         # compute.prompt_once: the validation / test loss batches answer their rows on the way, each
         # prompt through the model once for both (one process; causal LMs with the labelled head)
         self.prompt_once = prompt_once
-        self._answering: dict | None = None
-        self._told_apart = False
+        self._answering: Answering | None = None
         # answers that came from the loss batches' pass (tests and benchmarks read it)
         self.answered_in_loss = 0
         # what the automatic choices came to (summary.json `compute`)
@@ -167,55 +166,24 @@ class LoraModule(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums = []
-        self._answering = self._answer_state(getattr(self.trainer.datamodule, "generation_set", None) or [])
+        self._answering = self.answering(getattr(self.trainer.datamodule, "generation_set", None) or [])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # the model's loss is a mean over `count` positions: the epoch's loss weighs batches by it
-        rows = getattr(self.trainer.datamodule, "generation_set", None) or []
-        self._val_sums.append(self._batch_sums(batch, rows, self._answering))
+        self._val_sums.append(
+            self._answering.batch_sums(self.model, self.task, batch, self._labelled(), self.shared_prefix)
+        )
 
-    def _answer_state(self, rows: list[dict]) -> dict:
-        """What the loss batches of a split collect on the way (compute.prompt_once): the answers to
-        the generation rows, which are the split's first rows in its loader's order, or None where
-        they are generated apart (several processes, no labelled head, nothing to answer)."""
+    def answering(self, rows: list[dict]) -> Answering:
+        """What a split's loss batches collect on the way (compute.prompt_once, evaluation.Answering):
+        on with one process, a task that can, and the labelled head."""
         world = self.trainer.world_size if self._trainer is not None else 1
-        on = self.prompt_once and bool(rows) and self.task.generates and world == 1 and self._labelled()
-        return {"answers": [] if on else None, "seen": 0, "config": None}
+        on = self.prompt_once and self.task.answers_in_loss and world == 1 and self._labelled()
+        return Answering(on, rows, self.tokenizer, self.max_new_tokens)
 
-    def _batch_sums(self, batch: dict, rows: list[dict], state: dict | None) -> torch.Tensor:
-        """One loss batch's sums; while `state` collects answers, also the greedy answers to the
-        generation rows this batch holds, from the same pass over their prompts. A batch that
-        cannot answer them so (task.loss_sums_and_answers: None) ends the collecting: the rows are
-        generated apart at the end."""
-        if state is not None and state["answers"] is not None:
-            mine = rows[state["seen"] : state["seen"] + batch["input_ids"].shape[0]]
-            state["seen"] += batch["input_ids"].shape[0]
-            if mine:
-                if state["config"] is None:
-                    state["config"] = greedy_config(self.model, self.tokenizer, self.max_new_tokens)
-                prompts = [r["prompt_ids"] for r in mine]
-                got = self.task.loss_sums_and_answers(self.model, batch, prompts, self.tokenizer, state["config"])
-                if got is not None:
-                    state["answers"] += [a.strip() for a in got[1]]
-                    return got[0]
-                state["answers"] = None
-                if not self._told_apart:
-                    log.info(
-                        "compute.prompt_once: this model or batch does not allow one pass per prompt for the loss "
-                        "and the answer: they are computed apart"
-                    )
-                    self._told_apart = True
-        return self.task.loss_sums(self.model, batch, labelled=self._labelled(), shared_prefix=self.shared_prefix)
-
-    @staticmethod
-    def _answered(state: dict | None, rows: list[dict]) -> list[str] | None:
-        """The answers the loss batches collected, when they cover every generation row."""
-        answers = state["answers"] if state is not None else None
-        return answers if answers is not None and len(answers) == len(rows) else None
-
-    def _note_answered(self, state: dict | None, rows: list[dict]) -> list[str] | None:
-        """_answered, counted (answered_in_loss: how many answers came from the loss batches)."""
-        answers = self._answered(state, rows)
+    def _collected(self, answering: Answering | None) -> list[str] | None:
+        """The answers the loss batches collected (counted in answered_in_loss), or None."""
+        answers = answering.collected() if answering is not None else None
         self.answered_in_loss += len(answers) if answers is not None else 0
         return answers
 
@@ -258,7 +226,7 @@ class LoraModule(pl.LightningModule):
                     )
                     self._warned_sharded = True
             elif rows:
-                for name, value in self.answer_scores(rows, answers=self._note_answered(self._answering, rows)).items():
+                for name, value in self.answer_scores(rows, answers=self._collected(self._answering)).items():
                     self.log(f"val/{name}", value, prog_bar=True)
         self.last_val_step = self.trainer.global_step
 
@@ -270,15 +238,16 @@ class LoraModule(pl.LightningModule):
         was_training = self.model.training
         self.model.eval()
         try:
-            state = self._answer_state(rows)
+            answering = self.answering(rows)
             sums = torch.zeros(3, device=self.device)
             for batch in loader:
-                sums += self._batch_sums({k: v.to(self.device) for k, v in batch.items()}, rows, state)
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                sums += answering.batch_sums(self.model, self.task, batch, self._labelled(), self.shared_prefix)
             if self._trainer is not None and self.trainer.world_size > 1:
                 sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
             metrics = split_figures(sums, prefix, self.task)
             if self.task.generates and rows and not (self._trainer is not None and sharded_strategy(self.trainer)):
-                scores = self.answer_scores(rows, answers=self._note_answered(state, rows))
+                scores = self.answer_scores(rows, answers=self._collected(answering))
                 metrics.update({f"{prefix}/{name}": value for name, value in scores.items()})
         finally:
             self.model.train(was_training)

@@ -314,12 +314,12 @@ def test_validation_answers_come_from_the_loss_batches(make_cfg):
         assert a["val/loss"] == pytest.approx(b["val/loss"], rel=tolerance)
     assert on["test"]["test/loss"] == pytest.approx(off["test"]["test/loss"], rel=tolerance)
     rows = dm.generation_set
-    state = module._answer_state(rows)
+    answering = module.answering(rows)
     module.model.eval()
     with torch.no_grad():
         for batch in dm.val_dataloader():
-            module._batch_sums(batch, rows, state)
+            answering.batch_sums(module.model, module.task, batch, True, True)
         apart = module.generate_answers([r["prompt_ids"] for r in rows])
     # (the tiny base answers these prompts with nothing much; tests/unit/test_prompt_once.py
     # compares answers that differ from prompt to prompt)
-    assert state["answers"] == apart and len(apart) == len(rows)
+    assert answering.collected() == apart and len(apart) == len(rows)

@@ -183,7 +183,7 @@ def evaluate_run(
     loader = dm._eval_loader(dataset)
     from tqdm.auto import tqdm
 
-    from loralab.evaluation import greedy_answers, loss_sums, per_answer, split_figures
+    from loralab.evaluation import Answering, greedy_answers, per_answer, split_figures
 
     bar = tqdm(loader, desc=f"{split} loss", disable=not progress, leave=False)
     records: list[dict] = []
@@ -194,16 +194,26 @@ def evaluate_run(
         labelled = bool(OmegaConf.select(run.cfg, "compute.labelled_head", default=False))
         # and its prefix (runs from before compute.shared_prefix: each row whole)
         shared = bool(OmegaConf.select(run.cfg, "compute.shared_prefix", default=False))
-        sums = loss_sums(model, task, bar, device, labelled=labelled, shared_prefix=shared)
+        # and its answers from the loss batches' pass (runs from before compute.prompt_once: apart)
+        once = bool(OmegaConf.select(run.cfg, "compute.prompt_once", default=False)) and labelled
+        answering = Answering(once and task.answers_in_loss, rows, tokenizer, data_cfg.max_new_tokens)
+        sums = torch.zeros(3, device=device)
+        model.eval()
+        with torch.no_grad():
+            for batch in bar:
+                batch = {k: v.to(device) for k, v in batch.items()}
+                sums += answering.batch_sums(model, task, batch, labelled, shared)
         figures = split_figures(sums, split, task)
         prompts = [r["prompt_ids"] for r in rows]
-        answers: list[str] = []
+        answers = answering.collected()
         step = data_cfg.eval_batch_size
         # as the run generated
-        for start in tqdm(range(0, len(prompts), step), desc="generating", disable=not progress, leave=False):
-            answers += greedy_answers(
-                model, task, tokenizer, prompts[start : start + step], data_cfg.max_new_tokens, step, shared
-            )
+        if answers is None:
+            answers = []
+            for start in tqdm(range(0, len(prompts), step), desc="generating", disable=not progress, leave=False):
+                answers += greedy_answers(
+                    model, task, tokenizer, prompts[start : start + step], data_cfg.max_new_tokens, step, shared
+                )
         refs = [r["reference"] for r in rows]
         scores = per_answer(answers, refs, list(data_cfg.metrics), pattern)
         for metric in data_cfg.metrics:

@@ -48,6 +48,8 @@ class Task:
     models_text: bool = False  # the model predicts tokens: forgetting is measured on general text
     # a plain prompt goes through the tokenizer's chat template, as the user's turn, when it has one
     templates_prompts: bool = False
+    # its loss batches can answer their rows on the way (loss_sums_and_answers, compute.prompt_once)
+    answers_in_loss: bool = False
 
     @property
     def generates(self) -> bool:

@@ -507,6 +507,7 @@ class CausalLM(Task):
     encoder_decoder = False
     models_text = True
     templates_prompts = True
+    answers_in_loss = True
 
     def check_model(self, model: torch.nn.Module, name: str) -> None:
         check_causal(model, name)
