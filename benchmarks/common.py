@@ -36,6 +36,25 @@ def compose(overrides: list[str]) -> Any:
     return cfg
 
 
+def prepared(overrides: list[str]) -> tuple[Any, Any, Any, Any, Any]:
+    """(config, its typed form, model source, tokenizer, data module set up for fit) as loralab
+    prepares them for `loralab-train <overrides>`, the global seed set."""
+    import torch
+    from hydra.utils import instantiate
+
+    from loralab.data.datamodule import LoraDataModule
+    from loralab.validation import validate
+
+    cfg = compose(overrides)
+    typed = validate(cfg)
+    torch.manual_seed(cfg.seed)
+    source = instantiate(cfg.model)
+    tokenizer = source.load_tokenizer()
+    datamodule = LoraDataModule(typed.data, tokenizer, cache_dir=cfg.paths.cache_dir, task=source.task_for(typed.data))
+    datamodule.setup("fit")
+    return cfg, typed, source, tokenizer, datamodule
+
+
 def machine() -> dict:
     """CPU model, cores, the instruction sets that decide matrix-product speed, memory, versions."""
     info = {"python": platform.python_version(), "cores": os.cpu_count()}
@@ -79,6 +98,15 @@ def run_child(args: list[str], timeout: float = 1800, env: dict | None = None) -
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"{' '.join(args[:4])} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(lines[-1])
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table's lines: the header, its rule, one line per row of cells."""
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
 
 
 def emit(result: dict) -> None:

@@ -15,28 +15,19 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks.common import compose, emit, machine, median, run_child
+from benchmarks.common import emit, machine, markdown_table, median, prepared, run_child
 
 
 def measure(overrides: list[str], repeats: int, batch_sizes: list[int], adapter: str | None) -> dict:
     """Median seconds per evaluation of the validation split for each (switch, batch size)."""
     import torch
-    from hydra.utils import instantiate
 
-    from loralab.data.datamodule import LoraDataModule
     from loralab.evaluation import greedy_answers, greedy_config, loss_sums
-    from loralab.validation import validate
     from loralab.variants import get_variant
     from loralab.variants.registry import BuildContext
 
     torch.set_grad_enabled(False)
-    cfg = compose(overrides)
-    typed = validate(cfg)
-    torch.manual_seed(cfg.seed)
-    source = instantiate(cfg.model)
-    tokenizer = source.load_tokenizer()
-    datamodule = LoraDataModule(typed.data, tokenizer, cache_dir=cfg.paths.cache_dir, task=source.task_for(typed.data))
-    datamodule.setup("fit")
+    cfg, typed, source, tokenizer, datamodule = prepared(overrides)
     task = datamodule.task
     base = source.load_model(task.name, datamodule.labels)
     if adapter:
@@ -123,18 +114,18 @@ def format_result(result: dict) -> str:
     """The table as markdown."""
     med = result["median"]
     baseline = next(iter(med.values()))
+    header = ["compute.prompt_once", "seconds (each repeat)", "median", "÷ first line", "val/loss"]
+    rows = [
+        [name, ", ".join(f"{v:.2f}" for v in values), f"{med[name]:.2f}", f"{med[name] / baseline:.3f}"]
+        + [f"{result['loss'][name]:.6g}"]
+        for name, values in result["seconds"].items()
+    ]
     lines = [
         f"Validation split: {result['rows']} rows, {result['answered']} answered; adapter: {result['adapter']}; "
         f"the same answers in every line: {result['same_answers']}.",
         "",
-        "| compute.prompt_once | seconds (each repeat) | median | ÷ first line | val/loss |",
-        "|---|---|---|---|---|",
+        *markdown_table(header, rows),
     ]
-    for name, values in result["seconds"].items():
-        lines.append(
-            f"| {name} | {', '.join(f'{v:.2f}' for v in values)} | {med[name]:.2f} | {med[name] / baseline:.3f} | "
-            f"{result['loss'][name]:.6g} |"
-        )
     return "\n".join(lines)
 
 

@@ -14,28 +14,19 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks.common import compose, emit, median, run_child
+from benchmarks.common import emit, markdown_table, median, prepared, run_child
 
 
 def measure(overrides: list[str], repeats: int, new_tokens: int) -> dict:
     """Median seconds per forward and per generation for the base, merged and adapter models."""
     import torch
-    from hydra.utils import instantiate
 
     from loralab.callbacks.merge_check import MergeCheck
-    from loralab.data.datamodule import LoraDataModule
-    from loralab.validation import validate
     from loralab.variants import get_variant
     from loralab.variants.registry import BuildContext
 
     torch.set_grad_enabled(False)
-    cfg = compose(overrides)
-    typed = validate(cfg)
-    torch.manual_seed(cfg.seed)
-    source = instantiate(cfg.model)
-    tokenizer = source.load_tokenizer()
-    datamodule = LoraDataModule(typed.data, tokenizer, cache_dir=cfg.paths.cache_dir, task=source.task_for(typed.data))
-    datamodule.setup("fit")
+    cfg, typed, source, tokenizer, datamodule = prepared(overrides)
     base = source.load_model(datamodule.task.name, datamodule.labels).eval()
     adapter = get_variant(typed.variant.name).build(
         source.load_model(datamodule.task.name, datamodule.labels),
@@ -92,17 +83,20 @@ def main(argv: list[str] | None = None) -> dict:
 
 def format_result(result: dict) -> str:
     """The latency table as markdown."""
-    lines = [
-        f"| model | forward, batch {result['batch_shape']} (ms) | ÷ base | "
-        f"generate {result['new_tokens']} tokens, 1 prompt (ms) | ÷ base |",
-        "|---|---|---|---|---|",
-    ]
     fwd, gen = result["forward"], result["generate"]
-    for name in fwd:
-        lines.append(
-            f"| {name} | {fwd[name] * 1e3:.1f} | {fwd[name] / fwd['base']:.3f} | "
-            f"{gen[name] * 1e3:.1f} | {gen[name] / gen['base']:.3f} |"
-        )
+    header = [
+        "model",
+        f"forward, batch {result['batch_shape']} (ms)",
+        "÷ base",
+        f"generate {result['new_tokens']} tokens, 1 prompt (ms)",
+        "÷ base",
+    ]
+    rows = [
+        [name, f"{fwd[name] * 1e3:.1f}", f"{fwd[name] / fwd['base']:.3f}"]
+        + [f"{gen[name] * 1e3:.1f}", f"{gen[name] / gen['base']:.3f}"]
+        for name in fwd
+    ]
+    lines = markdown_table(header, rows)
     return "\n".join(lines)
 
 
