@@ -370,6 +370,9 @@ def prompt_once_agrees(model: torch.nn.Module, parts: tuple[torch.nn.Module, tor
             ids = ids.masked_fill(mask == 0, 0)
             batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
             config = greedy_ids_config(model, 0, None, 3)
+            # three tokens each way: an end token the checkpoint's generation config names (transformers
+            # fills the unset one from it) must not end one way's answer early
+            config.min_new_tokens = 3
             try:
                 with torch.no_grad():
                     whole = labelled_loss(backbone, head, batch).float()
