@@ -22,7 +22,7 @@ def measure(overrides: list[str], repeats: int, batch_sizes: list[int], adapter:
     """Median seconds per evaluation of the validation split for each (switch, batch size)."""
     import torch
 
-    from loralab.evaluation import greedy_answers, greedy_config, loss_sums
+    from loralab.evaluation import Answering, greedy_answers, loss_sums
     from loralab.variants import get_variant
     from loralab.variants.registry import BuildContext
 
@@ -41,7 +41,6 @@ def measure(overrides: list[str], repeats: int, batch_sizes: list[int], adapter:
         model = built.model.eval()
     rows = datamodule.generation_set
     prompts = [r["prompt_ids"] for r in rows]
-    config = greedy_config(model, tokenizer, typed.data.max_new_tokens)
     loaders = {}
     for size in batch_sizes:
         datamodule.cfg.eval_batch_size = size
@@ -53,15 +52,11 @@ def measure(overrides: list[str], repeats: int, batch_sizes: list[int], adapter:
         return float(sums[0] / sums[1]), answers
 
     def once(size: int) -> tuple[float, list[str]]:
-        sums, answers, seen = torch.zeros(3), [], 0
-        for batch in loaders[size]:
-            n = batch["input_ids"].shape[0]
-            got = task.loss_sums_and_answers(model, batch, prompts[seen : seen + n], tokenizer, config)
-            if got is None:
-                raise SystemExit("compute.prompt_once does not run on this model or data: nothing to compare")
-            seen += n
-            sums += got[0]
-            answers += [a.strip() for a in got[1]]
+        answering = Answering(True, rows, tokenizer, typed.data.max_new_tokens)
+        sums = loss_sums(model, task, loaders[size], "cpu", labelled=True, shared_prefix=True, answering=answering)
+        answers = answering.collected()
+        if answers is None:
+            raise SystemExit("compute.prompt_once does not run on this model or data: nothing to compare")
         return float(sums[0] / sums[1]), answers
 
     ways = {f"{name}, batch {size}": (fn, size) for size in batch_sizes for name, fn in (("off", apart), ("on", once))}

@@ -61,15 +61,24 @@ def greedy_answers(
 
 @torch.no_grad()
 def loss_sums(
-    model: Any, task: Any, batches: Iterable[dict], device: Any, labelled: bool = False, shared_prefix: bool = False
+    model: Any,
+    task: Any,
+    batches: Iterable[dict],
+    device: Any,
+    labelled: bool = False,
+    shared_prefix: bool = False,
+    answering: Answering | None = None,
 ) -> torch.Tensor:
     """[loss x positions, positions, correct] summed over the batches (the model in eval mode);
     `labelled`, `shared_prefix`: as the run computed its loss (compute.labelled_head,
-    compute.shared_prefix)."""
+    compute.shared_prefix); `answering`: the batches also answer its rows (compute.prompt_once)."""
     sums = torch.zeros(3, device=device)
     for batch in batches:
         batch = {k: v.to(device) for k, v in batch.items()}
-        sums += task.loss_sums(model, batch, labelled=labelled, shared_prefix=shared_prefix)
+        if answering is not None:
+            sums += answering.batch_sums(model, task, batch, labelled, shared_prefix)
+        else:
+            sums += task.loss_sums(model, batch, labelled=labelled, shared_prefix=shared_prefix)
     return sums
 
 

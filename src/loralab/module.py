@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import torch
 
 from loralab.distributed import sharded_strategy
-from loralab.evaluation import Answering, greedy_answers, split_figures
+from loralab.evaluation import Answering, greedy_answers, loss_sums, split_figures
 from loralab.metrics import check_regex, score
 from loralab.tasks import get_task
 from loralab.timing import PhaseClock
@@ -67,7 +67,7 @@ class LoraModule(pl.LightningModule):
         # prompt through the model once for both (one process; causal LMs with the labelled head)
         self.prompt_once = prompt_once
         self._answering: Answering | None = None
-        # answers that came from the loss batches' pass (tests and benchmarks read it)
+        # answers that came from the loss batches' pass (the tests read it)
         self.answered_in_loss = 0
         # what the automatic choices came to (summary.json `compute`)
         self.compute_choices: dict = {}
@@ -239,10 +239,9 @@ class LoraModule(pl.LightningModule):
         self.model.eval()
         try:
             answering = self.answering(rows)
-            sums = torch.zeros(3, device=self.device)
-            for batch in loader:
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                sums += answering.batch_sums(self.model, self.task, batch, self._labelled(), self.shared_prefix)
+            sums = loss_sums(
+                self.model, self.task, loader, self.device, self._labelled(), self.shared_prefix, answering
+            )
             if self._trainer is not None and self.trainer.world_size > 1:
                 sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
             metrics = split_figures(sums, prefix, self.task)

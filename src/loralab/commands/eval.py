@@ -183,7 +183,7 @@ def evaluate_run(
     loader = dm._eval_loader(dataset)
     from tqdm.auto import tqdm
 
-    from loralab.evaluation import Answering, greedy_answers, per_answer, split_figures
+    from loralab.evaluation import Answering, greedy_answers, loss_sums, per_answer, split_figures
 
     bar = tqdm(loader, desc=f"{split} loss", disable=not progress, leave=False)
     records: list[dict] = []
@@ -197,12 +197,7 @@ def evaluate_run(
         # and its answers from the loss batches' pass (runs from before compute.prompt_once: apart)
         once = bool(OmegaConf.select(run.cfg, "compute.prompt_once", default=False)) and labelled
         answering = Answering(once and task.answers_in_loss, rows, tokenizer, data_cfg.max_new_tokens)
-        sums = torch.zeros(3, device=device)
-        model.eval()
-        with torch.no_grad():
-            for batch in bar:
-                batch = {k: v.to(device) for k, v in batch.items()}
-                sums += answering.batch_sums(model, task, batch, labelled, shared)
+        sums = loss_sums(model, task, bar, device, labelled=labelled, shared_prefix=shared, answering=answering)
         figures = split_figures(sums, split, task)
         prompts = [r["prompt_ids"] for r in rows]
         answers = answering.collected()

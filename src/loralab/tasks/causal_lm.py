@@ -271,14 +271,14 @@ def prompt_once(
     batch: dict,
     answers: int,
     config: Any,
-) -> tuple[torch.Tensor, torch.Tensor | None, int] | None:
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """The labelled loss of a prompt/completion batch and the greedy answers of its first `answers`
     rows, each prompt going through the model once for both (compute.prompt_once): the prompts'
     common first tokens once as one row (compute.shared_prefix), each prompt's own tokens but its
     last after left padding; that key/value cache then reads the completions (the loss: each
     prompt's last token and the completion but its last, right-padded, positions counted from the
     attention mask) and, cut back to the prompts, starts the greedy decoding. Returns (summed loss,
-    generated ids of the answered rows (None for 0), their prompt width) or None for a batch of
+    the answered rows' generated ids after their prompts (None for 0)) or None for a batch of
     another shape (completion_spans). The same loss and answers as computing them apart, up to
     float rounding (prompt_once_agrees checks it once per model)."""
     import torch
@@ -328,7 +328,7 @@ def prompt_once(
     out = backbone(input_ids=tail, attention_mask=mask, position_ids=positions, use_cache=True, **given)
     total = head_cross_entropy(head, out.last_hidden_state[keep], targets[keep])
     if answers <= 0:
-        return total, None, 0
+        return total, None
     key = _cache_key(out)
     cache = out[key]
     cache.crop(-span)
@@ -340,7 +340,7 @@ def prompt_once(
     start = torch.cat([ids[:answers, :shared], own[:answers], last], 1)
     start_mask = torch.cat([context[:answers], torch.ones_like(last)], 1)
     generated = model.generate(input_ids=start, attention_mask=start_mask, generation_config=config, **{key: cache})
-    return total, generated[:, start.shape[1] :], start.shape[1]
+    return total, generated[:, start.shape[1] :]
 
 
 def prompt_once_agrees(model: torch.nn.Module, parts: tuple[torch.nn.Module, torch.nn.Module]) -> bool:
@@ -581,7 +581,7 @@ class CausalLM(Task):
         out = prompt_once(model, parts, batch, len(prompts), config)
         if out is None:
             return None
-        total, generated, _ = out
+        total, generated = out
         count = self.predicted(batch).float()
         sums = torch.stack([total.detach().float(), count, torch.zeros_like(count)])
         answers = tokenizer.batch_decode(generated, skip_special_tokens=True) if generated is not None else []
