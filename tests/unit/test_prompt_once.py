@@ -104,6 +104,31 @@ def test_the_model_sees_each_prompt_once(tiny_tokenizer):
     assert shapes[:4] == [(1, 9), (5, 5), (5, 5), (2, 1)]
 
 
+def test_each_way_is_checked_once_when_a_batch_first_takes_it(tiny_tokenizer):
+    """The check's probe batch (3 x 16 whole rows) runs for the way a batch takes (its prompts
+    sharing a prefix or not), once per model and way: a run whose prompts all share a chat
+    template never pays for the other way's probe."""
+    model = tiny_llama(len(tiny_tokenizer)).eval()
+    task = get_task("causal_lm")
+    config = greedy_config(model, tiny_tokenizer, max_new_tokens=2)
+    shapes: list[tuple[int, ...]] = []
+    model.model.register_forward_pre_hook(
+        lambda mod, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+
+    def probes_after(prefix: int, seed: int) -> int:
+        batch, prompts = _rows(len(tiny_tokenizer), prefix, seed=seed)
+        with torch.no_grad():
+            assert task.loss_sums_and_answers(model, batch, prompts[:2], tiny_tokenizer, config) is not None
+        return shapes.count((3, 16))
+
+    assert probes_after(9, 0) == 1  # shared prefix: its probe
+    assert probes_after(9, 1) == 1  # checked already
+    assert probes_after(0, 2) == 2  # no shared prefix: the other way's probe, once
+    assert probes_after(0, 3) == 2
+    assert probes_after(9, 4) == 2
+
+
 def test_batches_of_another_shape_are_computed_apart(tiny_tokenizer):
     model = tiny_llama(len(tiny_tokenizer)).eval()
     task = get_task("causal_lm")

@@ -239,7 +239,8 @@ def prefix_shares(model: torch.nn.Module, parts: tuple[torch.nn.Module, torch.nn
     return ok
 
 
-# models whose loss and answers from one pass over each prompt were checked against two passes
+# models whose loss and answers from one pass over each prompt were checked against two passes:
+# {model: {with a shared prefix (bool): agrees}}
 _ONCE_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -343,62 +344,67 @@ def prompt_once(
     return total, generated[:, start.shape[1] :]
 
 
-def prompt_once_agrees(model: torch.nn.Module, parts: tuple[torch.nn.Module, torch.nn.Module]) -> bool:
+def prompt_once_agrees(
+    model: torch.nn.Module, parts: tuple[torch.nn.Module, torch.nn.Module], shared: bool = True
+) -> bool:
     """Whether prompt_once gives this model's labelled loss over whole rows and the answers that
-    generating alone gives. Measured once per model, as prefix_shares is: on probe batches in eval
-    mode, with a shared prefix and without, prompts of three lengths, one row padded, one row not
-    answered; the loss to the compute dtype's rounding, the generated tokens equal. A model whose
-    cache cannot be cut back or extended this way fails it and computes the loss and the answers
-    apart."""
-    if model in _ONCE_CHECKED:
-        return _ONCE_CHECKED[model]
+    generating alone gives, on batches whose prompts share a prefix (`shared`: it runs once, as one
+    row) or do not. Measured once per model and way, when a batch first takes that way, as
+    prefix_shares is: on a probe batch in eval mode, prompts of three lengths, one row padded, one
+    row not answered; the loss to the compute dtype's rounding, the generated tokens equal. A model
+    whose cache cannot be cut back or extended this way fails it and computes the loss and the
+    answers apart."""
+    checked = _ONCE_CHECKED.setdefault(model, {})
+    if shared in checked:
+        return checked[shared]
     import torch
 
     from loralab.evaluation import greedy_ids_config
 
     backbone, head = parts
-    ok = True
+    prefix = 7 if shared else 0
     with probing(model) as (device, vocab, generator):
-        for prefix in (7, 0):
-            ids = torch.randint(1, vocab, (3, 16), generator=generator).to(device)
-            ids[:, :prefix] = ids[0, :prefix]
-            mask = torch.ones_like(ids)
-            mask[2, 13:] = 0
-            labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
-            for row, p in enumerate((10, 11, 9)):
-                labels[row, :p] = IGNORE_INDEX
-            ids = ids.masked_fill(mask == 0, 0)
-            batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-            config = greedy_ids_config(model, 0, None, 3)
-            # three tokens each way: an end token the checkpoint's generation config names (transformers
-            # fills the unset one from it) must not end one way's answer early
-            config.min_new_tokens = 3
-            try:
-                with torch.no_grad():
-                    whole = labelled_loss(backbone, head, batch).float()
-                    once = prompt_once(model, parts, batch, 2, config)
-                    alone = [
-                        model.generate(
-                            input_ids=ids[i : i + 1, :p], attention_mask=mask[i : i + 1, :p], generation_config=config
-                        )[0, p:]
-                        for i, p in ((0, 10), (1, 11))
-                    ]
-            except Exception as exc:  # noqa: BLE001 - a model whose cache cannot be cut back computes apart
-                log.info("one pass per prompt for the loss and the answer does not run on this model (%s)", exc)
-                ok = False
-                break
-            count = (labels[:, 1:] != IGNORE_INDEX).sum()
-            if once is None or not agrees(once[0].float() / count, whole, head.weight):
-                ok = False
-            elif once[1] is None or [list(r) for r in once[1].tolist()] != [a.tolist() for a in alone]:
-                ok = False
-            if not ok:
-                log.warning(
-                    "the loss and answers from one pass per prompt differ from computing them apart on this model: "
-                    "it computes them apart (compute.prompt_once has no effect on it)"
-                )
-                break
-    _ONCE_CHECKED[model] = ok
+        ids = torch.randint(1, vocab, (3, 16), generator=generator).to(device)
+        ids[:, :prefix] = ids[0, :prefix]
+        mask = torch.ones_like(ids)
+        mask[2, 13:] = 0
+        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+        for row, p in enumerate((10, 11, 9)):
+            labels[row, :p] = IGNORE_INDEX
+        ids = ids.masked_fill(mask == 0, 0)
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        config = greedy_ids_config(model, 0, None, 3)
+        # three tokens each way: an end token the checkpoint's generation config names (transformers
+        # fills the unset one from it) must not end one way's answer early
+        config.min_new_tokens = 3
+        try:
+            with torch.no_grad():
+                whole = labelled_loss(backbone, head, batch).float()
+                once = prompt_once(model, parts, batch, 2, config)
+                alone = [
+                    model.generate(
+                        input_ids=ids[i : i + 1, :p], attention_mask=mask[i : i + 1, :p], generation_config=config
+                    )[0, p:]
+                    for i, p in ((0, 10), (1, 11))
+                ]
+        except Exception as exc:  # noqa: BLE001 - a model whose cache cannot be cut back computes apart
+            log.info("one pass per prompt for the loss and the answer does not run on this model (%s)", exc)
+            checked[shared] = False
+            return False
+    count = (labels[:, 1:] != IGNORE_INDEX).sum()
+    ok = (
+        once is not None
+        and agrees(once[0].float() / count, whole, head.weight)
+        and once[1] is not None
+        and [list(r) for r in once[1].tolist()] == [a.tolist() for a in alone]
+    )
+    if not ok:
+        log.warning(
+            "the loss and answers from one pass per prompt differ from computing them apart on this model "
+            "(prompts %s a shared prefix): it computes them apart (compute.prompt_once has no effect there)",
+            "with" if shared else "without",
+        )
+    checked[shared] = ok
     return ok
 
 
@@ -576,7 +582,8 @@ class CausalLM(Task):
         ids = batch["input_ids"]
         if any(ids[i, :p].tolist() != list(prompts[i]) for i, (p, _) in enumerate(spans[: len(prompts)])):
             return None
-        if not prompt_once_agrees(model, parts):
+        shared = common_prefix([ids[i, :p].tolist() for i, (p, _) in enumerate(spans)]) >= MIN_SHARED_PREFIX
+        if not prompt_once_agrees(model, parts, shared):
             return None
         out = prompt_once(model, parts, batch, len(prompts), config)
         if out is None:
