@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
         help="where the throughput section trains (default: cuda where torch sees a GPU, else cpu); "
         "the other sections measure the CPU",
     )
-    args = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv  # what the report names as its command
+    args = parser.parse_args(given)
     sections = [s for s in args.sections.split(",") if s]
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
@@ -255,9 +256,7 @@ def main(argv: list[str] | None = None) -> None:
 
     minutes = (time.time() - started) / 60
     command = (
-        "make bench"
-        if not argv and set(sections) == set(SECTIONS)
-        else "python -m benchmarks " + shlex.join(argv or sys.argv[1:])
+        "make bench" if not given and set(sections) == set(SECTIONS) else "python -m benchmarks " + shlex.join(given)
     )
     header = (
         "# Benchmarks\n\n"
