@@ -5,7 +5,9 @@ take one warm-up step, reset the kernel's peak-RSS counter, then time and measur
 optimizer steps on one fixed batch. Two figures per variant:
 - activation bytes autograd keeps for the backward pass (tensors saved by the forward, frozen
   weights excluded), counted exactly with `torch.autograd.graph.saved_tensors_hooks`;
-- peak RSS above the resident size before the measured steps (/proc/self/status VmHWM - VmRSS).
+- peak RSS above the resident size before the measured steps (/proc/self/status VmHWM - VmRSS),
+  after freed memory is handed back to the kernel (malloc_trim), so that it is the steps' own peak
+  above the live set, not what the allocator happened to keep from the warm-up step.
 
 python -m benchmarks.variant_memory                      # default model, batch 8
 python -m benchmarks.variant_memory model=tiny --variants lora,lora_fa
@@ -14,6 +16,9 @@ python -m benchmarks.variant_memory model=tiny --variants lora,lora_fa
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
+import gc
 import json
 import subprocess
 import sys
@@ -39,6 +44,18 @@ def _status_kb(key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1])
     raise KeyError(key)
+
+
+def _release_free_memory() -> None:
+    """Hand memory the process has freed back to the kernel (glibc's malloc_trim), so that the
+    resident size is the live set: what glibc kept from earlier steps would otherwise serve the
+    measured step unseen, by an amount that depends on the allocator's history, not the variant."""
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    if libc:
+        trim = getattr(ctypes.CDLL(libc), "malloc_trim", None)
+        if trim is not None:
+            trim(0)
 
 
 def measure(case: str, overrides: list[str], r: int, steps: int) -> dict:
@@ -92,7 +109,8 @@ def measure(case: str, overrides: list[str], r: int, steps: int) -> dict:
         optimizer_obj.step()
         optimizer_obj.zero_grad(set_to_none=True)
 
-    step()  # warm-up: optimizer state allocated, allocator pools filled
+    step()  # warm-up: optimizer state allocated
+    _release_free_memory()  # the baseline is the live set: weights, gradients, optimizer state
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     baseline = _status_kb("VmRSS")
     saved: dict[int, int] = {}
