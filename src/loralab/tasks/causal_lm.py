@@ -281,7 +281,7 @@ def prompt_once(
     attention mask) and, cut back to the prompts, starts the greedy decoding. Returns (summed loss,
     the answered rows' generated ids after their prompts (None for 0)) or None for a batch of
     another shape (completion_spans). The same loss and answers as computing them apart, up to
-    float rounding (prompt_once_agrees checks it once per model)."""
+    float rounding (prompt_once_agrees checks it once per model and way: with a shared prefix or without)."""
     import torch
 
     spans = completion_spans(batch)
