@@ -266,6 +266,13 @@ def completion_spans(batch: dict) -> list[tuple[int, int]] | None:
     return spans
 
 
+def prompts_prefix(ids: torch.Tensor, spans: list[tuple[int, int]]) -> int:
+    """How many first tokens the prompts of a batch (completion_spans) share, to run once as one
+    row in prompt_once; 0 below MIN_SHARED_PREFIX."""
+    shared = common_prefix([ids[i, :p].tolist() for i, (p, _) in enumerate(spans)])
+    return shared if shared >= MIN_SHARED_PREFIX else 0
+
+
 def prompt_once(
     model: torch.nn.Module,
     parts: tuple[torch.nn.Module, torch.nn.Module],
@@ -290,9 +297,7 @@ def prompt_once(
     backbone, head = parts
     ids = batch["input_ids"]
     rows, device = ids.shape[0], ids.device
-    prompts = [ids[i, :p].tolist() for i, (p, _) in enumerate(spans)]
-    shared = common_prefix(prompts)
-    shared = shared if shared >= MIN_SHARED_PREFIX else 0
+    shared = prompts_prefix(ids, spans)
     cache, key = None, "past_key_values"
     if shared:
         first = backbone(input_ids=ids[:1, :shared], use_cache=True)
@@ -582,8 +587,7 @@ class CausalLM(Task):
         ids = batch["input_ids"]
         if any(ids[i, :p].tolist() != list(prompts[i]) for i, (p, _) in enumerate(spans[: len(prompts)])):
             return None
-        shared = common_prefix([ids[i, :p].tolist() for i, (p, _) in enumerate(spans)]) >= MIN_SHARED_PREFIX
-        if not prompt_once_agrees(model, parts, shared):
+        if not prompt_once_agrees(model, parts, prompts_prefix(ids, spans) > 0):
             return None
         out = prompt_once(model, parts, batch, len(prompts), config)
         if out is None:
